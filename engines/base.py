@@ -1,0 +1,104 @@
+"""Small protocols every engine implements.
+
+Engines are plain synchronous compute objects: loaded once, shared by every session, and called from worker
+threads by ``pipeline.workers``. They know nothing about sessions, transports or asyncio. Streaming engines
+return iterators so a worker can stop pulling (and so stop the work) the moment a caller barges in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do; the pipeline adapts to it instead of checking engine types."""
+
+    streaming: bool = False
+    batched: bool = False
+    languages: tuple[str, ...] = ("en",)
+    detects_language: bool = False
+    continues_assistant_prefix: bool = False
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One utterance's text; ``text`` is empty when the audio held no words."""
+
+    text: str
+    language: str = "en"
+    duration_s: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A voice a TTS engine can speak with; ``path`` says where its weights live."""
+
+    id: str
+    engine: str
+    language: str
+    sample_rate: int
+    path: str = ""
+    licence: str = ""
+
+
+@dataclass
+class GenerationOptions:
+    """Per-call LLM options; ``extra`` passes through to OpenAI-compatible servers (e.g. vLLM guided_json)."""
+
+    max_tokens: int = 80
+    temperature: float = 0.0
+    stop: Sequence[str] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class VADEngine(Protocol):
+    """Speech probability per fixed-size chunk, batched across independent streams."""
+
+    sample_rate: int
+    chunk_samples: int
+    capabilities: Capabilities
+
+    def new_state(self) -> Any: ...
+
+    def speech_probs(self, states: list[Any], chunks: np.ndarray) -> np.ndarray:
+        """``chunks`` is float32 [n, chunk_samples], one row per stream; updates ``states`` in place."""
+        ...
+
+
+@runtime_checkable
+class STTEngine(Protocol):
+    """Whole-utterance transcription of 16 kHz mono float32 audio."""
+
+    capabilities: Capabilities
+
+    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript: ...
+
+
+@runtime_checkable
+class LLMEngine(Protocol):
+    """Chat completion streamed as text deltas. ``messages`` are OpenAI-style dicts."""
+
+    capabilities: Capabilities
+
+    def stream_chat(self, messages: list[dict[str, Any]], options: GenerationOptions) -> Iterator[str]: ...
+
+
+@runtime_checkable
+class TTSEngine(Protocol):
+    """Speech for a short text, as int16 mono chunks at ``sample_rate``."""
+
+    capabilities: Capabilities
+    sample_rate: int
+
+    def voices(self) -> list[Voice]: ...
+
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]: ...

@@ -1,0 +1,274 @@
+"""In-process LLM engine on llama.cpp (``llama-cpp-python``) for GGUF models.
+
+One ``Llama`` object is loaded once and shared; it is not thread-safe, so every generation holds a lock for
+as long as its iterator is being consumed. Closing the iterator (a barge-in) stops token generation at the
+next token and releases the lock. The same object keeps its KV cache between calls, so a conversation that
+grows turn by turn only evaluates the new tokens (llama-cpp-python matches the common prompt prefix).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+from typing import Any
+
+import llama_cpp
+from llama_cpp import llama_chat_format, llama_grammar
+
+from engines.base import Capabilities, GenerationOptions
+from engines.llm_openai import LLMError
+
+# Appended to the partial assistant text before rendering the chat template, then cut off with everything
+# after it: whatever end-of-turn markup a template adds, the prompt then ends exactly at the partial text.
+_PREFIX_SENTINEL = "\u0000voxgate-prefix-end\u0000"
+
+# Sampling options that may come through GenerationOptions.extra and mean the same to llama-cpp-python.
+_SAMPLING_KEYS = frozenset(
+    {
+        "top_p",
+        "top_k",
+        "min_p",
+        "typical_p",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+    }
+)
+
+_Formatter = Callable[..., llama_chat_format.ChatFormatterResponse]
+
+
+class LlamaCppLLM:
+    """Chat completion with a local GGUF model, streamed as text deltas.
+
+    ``GenerationOptions.extra`` understands ``grammar`` (GBNF text), ``json_schema`` (a JSON schema, dict or
+    text), ``response_format`` (OpenAI ``{"type": "json_schema", "json_schema": {"schema": ...}}`` or
+    llama-cpp-python's ``{"type": "json_object", "schema": ...}``), vLLM's ``guided_json`` /
+    ``guided_grammar`` aliases, and the sampling keys ``top_p``, ``top_k``, ``min_p``, ``typical_p``,
+    ``repeat_penalty``, ``presence_penalty``, ``frequency_penalty`` and ``seed``; other keys are ignored so
+    options written for a remote server still work here.
+
+    A last message ``{"role": "assistant", "content": partial, "prefix": True}`` is continued rather than
+    answered: the output carries on from ``partial`` and does not repeat it.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        n_ctx: int = 2048,
+        n_threads: int = 2,
+        n_batch: int = 256,
+        seed: int = 0,
+        chat_format: str | None = None,
+    ) -> None:
+        self.model_path = model_path
+        self._llama = llama_cpp.Llama(
+            model_path=model_path,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_batch=n_batch,
+            seed=seed,
+            chat_format=chat_format,
+            verbose=False,
+        )
+        self._lock = threading.Lock()
+        self._valid_grammars: set[str] = set()
+        self._prefix_formatter = self._find_prefix_formatter()
+        self.capabilities = Capabilities(
+            streaming=True,
+            continues_assistant_prefix=self._prefix_formatter is not None,
+            device="cpu",
+            extra={"model_path": model_path, "chat_format": self._llama.chat_format, "n_ctx": n_ctx},
+        )
+
+    def stream_chat(self, messages: list[dict[str, Any]], options: GenerationOptions) -> Iterator[str]:
+        """Yield text deltas; generation starts at the first ``next()`` and ``close()`` stops it.
+
+        Raises :class:`LLMError`: at once for bad options (an unparsable grammar), else while iterating.
+        """
+        if messages and messages[-1].get("role") == "assistant" and messages[-1].get("prefix"):
+            if self._prefix_formatter is None:
+                raise LLMError(f"chat format {self._llama.chat_format!r} cannot continue an assistant prefix")
+            return self._stream_continuation(messages, options)
+        return self._stream_chat(messages, options)
+
+    def warmup(self, messages: list[dict[str, Any]] | None = None) -> None:
+        """Run one tiny generation so the first real call is fast.
+
+        Pass the agent's opening messages (e.g. its system prompt) to leave them in the KV cache as well.
+        """
+        messages = messages or [{"role": "user", "content": "Hi"}]
+        for _ in self.stream_chat(messages, GenerationOptions(max_tokens=1)):
+            pass
+
+    def count_tokens(self, text: str) -> int:
+        """Number of model tokens in ``text`` (no BOS), e.g. to budget the context window."""
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def close(self) -> None:
+        """Free the model; the engine is unusable afterwards."""
+        with self._lock:
+            self._llama.close()
+
+    def _stream_chat(self, messages: list[dict[str, Any]], options: GenerationOptions) -> Iterator[str]:
+        kwargs = self._generation_kwargs(options)
+
+        def start() -> Iterator[dict[str, Any]]:
+            return self._llama.create_chat_completion(messages=_clean(messages), stream=True, **kwargs)
+
+        return self._run(start, lambda chunk: chunk["choices"][0]["delta"].get("content"))
+
+    def _stream_continuation(
+        self, messages: list[dict[str, Any]], options: GenerationOptions
+    ) -> Iterator[str]:
+        kwargs = self._generation_kwargs(options)
+        tokens, template_stop, stopping_criteria = self._continuation_prompt(messages)
+        kwargs["stop"] = kwargs["stop"] + template_stop
+
+        def start() -> Iterator[dict[str, Any]]:
+            # Token ids (not text) so llama-cpp-python adds no BOS of its own: the template decided that.
+            return self._llama.create_completion(
+                prompt=tokens, stream=True, stopping_criteria=stopping_criteria, **kwargs
+            )
+
+        return self._run(start, lambda chunk: chunk["choices"][0].get("text"))
+
+    def _run(
+        self, start: Callable[[], Iterator[dict[str, Any]]], text_of: Callable[[dict[str, Any]], str | None]
+    ) -> Iterator[str]:
+        with self._lock:
+            chunks: Iterator[dict[str, Any]] | None = None
+            try:
+                chunks = start()
+                for chunk in chunks:
+                    text = text_of(chunk)
+                    if text:
+                        yield text
+            except GeneratorExit:
+                raise
+            except LLMError:
+                raise
+            except (
+                Exception
+            ) as exc:  # llama-cpp-python raises ValueError/RuntimeError (context full, bad grammar)
+                raise LLMError(f"llama.cpp generation failed: {exc}") from exc
+            finally:
+                # Closing the library's generator chain right here (not whenever it is garbage collected)
+                # stops generation before the lock is released.
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+
+    def _generation_kwargs(self, options: GenerationOptions) -> dict[str, Any]:
+        extra = options.extra
+        kwargs: dict[str, Any] = {
+            "max_tokens": options.max_tokens,
+            "temperature": options.temperature,
+            "stop": list(options.stop),
+        }
+        kwargs.update({k: v for k, v in extra.items() if k in _SAMPLING_KEYS})
+        grammar = _grammar_from_extra(extra)
+        if grammar is not None:
+            self._check_grammar(grammar)
+            kwargs["grammar"] = grammar
+        return kwargs
+
+    def _check_grammar(self, grammar: llama_cpp.LlamaGrammar) -> None:
+        # llama-cpp-python hands an unparsable grammar's NULL sampler to llama.cpp, which segfaults the whole
+        # process; parse it here first (cheap, and cached) so a bad flow grammar is only an LLMError.
+        text = grammar._grammar
+        if text in self._valid_grammars:
+            return
+        vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            vocab, text.encode("utf-8"), grammar._root.encode("utf-8")
+        )
+        if not sampler:
+            raise LLMError(f"invalid GBNF grammar: {text[:200]!r}")
+        llama_cpp.llama_sampler_free(sampler)
+        if len(self._valid_grammars) < 256:
+            self._valid_grammars.add(text)
+
+    def _continuation_prompt(
+        self, messages: list[dict[str, Any]]
+    ) -> tuple[list[int], list[str], llama_cpp.StoppingCriteriaList | None]:
+        assert self._prefix_formatter is not None
+        clean = _clean(messages)
+        last = clean[-1]
+        clean[-1] = {**last, "content": (last.get("content") or "") + _PREFIX_SENTINEL}
+        result = self._prefix_formatter(messages=clean)
+        cut = result.prompt.rfind(_PREFIX_SENTINEL)
+        if cut < 0:
+            raise LLMError("the chat template dropped the partial assistant message")
+        tokens = self._llama.tokenize(
+            result.prompt[:cut].encode("utf-8"), add_bos=not result.added_special, special=True
+        )
+        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        return tokens, stop, result.stopping_criteria
+
+    def _find_prefix_formatter(self) -> _Formatter | None:
+        """A prompt formatter for the model's chat format, or None if there is none we can render."""
+        fmt = self._llama.chat_format or ""
+        metadata = self._llama.metadata
+        if not fmt.startswith("chat_template."):
+            # Named formats ("chatml", "llama-3", ...) register only a handler; their formatter functions
+            # follow the format_<name> naming with "-" dropped or turned into "_".
+            for name in (fmt.replace("-", "_"), fmt.replace("-", "")):
+                formatter = getattr(llama_chat_format, f"format_{name}", None)
+                if callable(formatter):
+                    return formatter
+            fmt = "chat_template.default"
+        key = "tokenizer.chat_template" if fmt == "chat_template.default" else f"tokenizer.{fmt}"
+        template = metadata.get(key)
+        if not template:
+            return None
+        eos_id, bos_id = self._llama.token_eos(), self._llama.token_bos()
+        return llama_chat_format.Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._token_text(eos_id),
+            bos_token=self._token_text(bos_id),
+            add_generation_prompt=False,
+            stop_token_ids=[eos_id],
+        )
+
+    def _token_text(self, token_id: int) -> str:
+        if token_id < 0:
+            return ""
+        return self._llama.detokenize([token_id], special=True).decode("utf-8", errors="ignore")
+
+
+def _clean(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies without our ``prefix`` marker, which chat templates do not know."""
+    return [{k: v for k, v in m.items() if k != "prefix"} for m in messages]
+
+
+def _grammar_from_extra(extra: dict[str, Any]) -> llama_cpp.LlamaGrammar | None:
+    """The output constraint asked for in ``extra``, as a llama.cpp grammar (None when unconstrained)."""
+    grammar = extra.get("grammar", extra.get("guided_grammar"))
+    if isinstance(grammar, llama_cpp.LlamaGrammar):
+        return grammar
+    if grammar:
+        return llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
+    schema = extra.get("json_schema", extra.get("guided_json"))
+    response_format = extra.get("response_format")
+    if schema is None and isinstance(response_format, dict):
+        kind = response_format.get("type")
+        if kind == "json_schema":  # OpenAI's shape
+            schema = (response_format.get("json_schema") or {}).get("schema")
+        elif kind == "json_object":  # llama-cpp-python's shape; no schema means any JSON
+            schema = response_format.get("schema")
+            if schema is None:
+                return llama_cpp.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
+    if schema is None:
+        return None
+    return _schema_grammar(schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True))
+
+
+@lru_cache(maxsize=64)
+def _schema_grammar(schema_json: str) -> llama_cpp.LlamaGrammar:
+    # Schema-to-GBNF conversion is pure Python and a flow reuses the same few schemas.
+    return llama_cpp.LlamaGrammar.from_json_schema(schema_json, verbose=False)

@@ -1,0 +1,218 @@
+"""LLM engine that streams from any OpenAI-compatible ``/v1/chat/completions`` server.
+
+Works with vLLM's OpenAI server, llama.cpp / llama-cpp-python servers, Ollama and OpenAI itself. Engines are
+called from worker threads, so this uses one synchronous ``httpx.Client`` (connection pooling, thread-safe)
+and parses the server-sent-event stream by hand. Closing the returned iterator closes the HTTP response,
+which is how servers learn that the caller barged in and stop generating.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from engines.base import Capabilities, GenerationOptions
+
+# Server error bodies can be whole HTML pages; keep messages readable.
+_MAX_ERROR_TEXT = 500
+
+
+class LLMError(RuntimeError):
+    """A generation failed: the server was unreachable, answered an HTTP error, or the model failed.
+
+    ``status_code`` is the HTTP status when there was one. Messages never contain the API key.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class OpenAICompatibleLLM:
+    """Streams chat completions from an OpenAI-compatible server.
+
+    ``base_url`` may be given with or without the trailing ``/v1`` (``http://host:8000`` and
+    ``http://host:8000/v1`` are the same). ``extra_body`` is merged into every request and
+    ``GenerationOptions.extra`` into each one (so vLLM's ``guided_json``, ``guided_grammar``,
+    ``response_format``... pass through). Set ``continues_assistant_prefix`` only for servers that accept
+    ``continue_final_message`` (vLLM does).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        extra_body: dict[str, Any] | None = None,
+        continues_assistant_prefix: bool = False,
+    ) -> None:
+        root = base_url.rstrip("/")
+        if root.endswith("/v1"):
+            root = root[: -len("/v1")]
+        self.base_url = root
+        self.model = model
+        self._api_key = api_key
+        self._extra_body = dict(extra_body or {})
+        headers = {"Accept": "text/event-stream"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        # Connecting should fail fast (a dead server must not stall a turn); reads may legitimately wait
+        # for a busy server's first token, so they get the full timeout.
+        self._client = httpx.Client(
+            base_url=root,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+        )
+        self.capabilities = Capabilities(
+            streaming=True,
+            continues_assistant_prefix=continues_assistant_prefix,
+            device="remote",
+            extra={"base_url": root, "model": model},
+        )
+
+    def stream_chat(self, messages: list[dict[str, Any]], options: GenerationOptions) -> Iterator[str]:
+        """Yield text deltas; nothing is sent until the first ``next()``. Raises :class:`LLMError`."""
+        body = self._request_body(messages, options)
+        return self._stream(body)
+
+    def health(self) -> bool:
+        """True when the server answers ``GET /v1/models`` with 200."""
+        try:
+            response = self._client.get("/v1/models", timeout=min(self._client.timeout.read or 5.0, 5.0))
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._client.close()
+
+    def __enter__(self) -> OpenAICompatibleLLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request_body(self, messages: list[dict[str, Any]], options: GenerationOptions) -> dict[str, Any]:
+        continue_prefix = (
+            bool(messages) and messages[-1].get("role") == "assistant" and messages[-1].get("prefix")
+        )
+        # "prefix" is our own marker; OpenAI-style servers reject or misread unknown message keys.
+        clean = [{k: v for k, v in m.items() if k != "prefix"} for m in messages]
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": clean,
+            "stream": True,
+            "max_tokens": options.max_tokens,
+            "temperature": options.temperature,
+        }
+        if options.stop:
+            body["stop"] = list(options.stop)
+        if continue_prefix and self.capabilities.continues_assistant_prefix:
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        # Per-call options override constructor defaults, which override ours.
+        body.update(self._extra_body)
+        body.update(options.extra)
+        return body
+
+    def _stream(self, body: dict[str, Any]) -> Iterator[str]:
+        url = f"{self.base_url}/v1/chat/completions"
+        try:
+            # The context manager closes the response when the consumer closes this generator, which drops
+            # the connection and lets the server stop generating.
+            with self._client.stream("POST", "/v1/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise LLMError(
+                        f"LLM server {url} answered HTTP {response.status_code}: {self._error_text(response)}",
+                        status_code=response.status_code,
+                    )
+                if response.headers.get("content-type", "").startswith("application/json"):
+                    # A server that ignores "stream": true answers one JSON document; still give the text.
+                    response.read()
+                    text = self._whole_message(response, url)
+                    if text:
+                        yield text
+                    return
+                for event in _sse_data(response.iter_lines()):
+                    if event == "[DONE]":
+                        return
+                    delta = self._delta(event, url)
+                    if delta:
+                        yield delta
+        except httpx.TimeoutException as exc:
+            raise LLMError(f"LLM server {url} timed out: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise LLMError(
+                f"LLM server {url} unreachable: {type(exc).__name__}: {self._redact(str(exc))}"
+            ) from exc
+
+    def _delta(self, data: str, url: str) -> str:
+        try:
+            payload = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise LLMError(
+                f"LLM server {url} sent a malformed event: {self._redact(data[:_MAX_ERROR_TEXT])}"
+            ) from exc
+        # vLLM and others report failures that happen mid-stream as an event, after the 200 status.
+        if isinstance(payload, dict) and payload.get("error"):
+            raise LLMError(f"LLM server {url} failed mid-stream: {self._redact(_error_message(payload))}")
+        choices = payload.get("choices") or []
+        if not choices:
+            return ""  # e.g. a trailing usage-only chunk
+        return (choices[0].get("delta") or {}).get("content") or ""
+
+    def _whole_message(self, response: httpx.Response, url: str) -> str:
+        try:
+            choices = response.json().get("choices") or [{}]
+        except (ValueError, AttributeError) as exc:
+            raise LLMError(f"LLM server {url} sent an unreadable answer") from exc
+        return (choices[0].get("message") or {}).get("content") or ""
+
+    def _error_text(self, response: httpx.Response) -> str:
+        try:
+            text = _error_message(response.json())
+        except ValueError:
+            text = response.text
+        return self._redact(text.strip()[:_MAX_ERROR_TEXT] or response.reason_phrase)
+
+    def _redact(self, text: str) -> str:
+        # Some servers echo request headers in errors; the key must never reach logs.
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def _error_message(payload: Any) -> str:
+    """The human part of an error body: OpenAI ``{"error": {"message"}}``, FastAPI ``{"detail"}``, or all."""
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        if "detail" in payload:
+            detail = payload["detail"]
+            return detail if isinstance(detail, str) else json.dumps(detail)
+    return json.dumps(payload)
+
+
+def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+    """Yield the data of each server-sent event; comments (pings) and other fields are skipped."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield "\n".join(data)

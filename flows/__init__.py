@@ -1,0 +1,1 @@
+"""Agent flow graphs (schema, validation, runner)."""

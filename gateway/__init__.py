@@ -1,0 +1,1 @@
+"""The HTTP/WebSocket service, its CLI and static pages."""

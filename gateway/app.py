@@ -1,0 +1,212 @@
+"""The Starlette application: health, metrics, sessions API, the voice WebSocket and static pages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from gateway.auth import Auth
+from gateway.engines import build_runtime
+from gateway.sessions import SessionManager
+from gateway.settings import Settings
+from gateway.ws_voice import voice_endpoint
+from pipeline.metrics import LoopLagMonitor
+from pipeline.runtime import Runtime
+
+log = logging.getLogger("voxgate.app")
+STATIC = Path(__file__).parent / "static"
+VERSION = "0.1.0"
+
+
+class AppState:
+    """Everything the routes share; one per app instance (tests run several side by side)."""
+
+    def __init__(self, settings: Settings, runtime: Runtime | None) -> None:
+        self.settings = settings
+        self.runtime: Runtime | None = runtime
+        self.sessions = SessionManager(settings.max_sessions)
+        self.auth = Auth(settings.api_key)
+        self.ready = asyncio.Event()
+        self.load_error: str | None = None
+        self.lag = LoopLagMonitor()
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.voxgate  # type: ignore[no-any-return]
+
+
+async def live(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    state = _state(request)
+    if state.ready.is_set():
+        return JSONResponse({"status": "ready"})
+    if state.load_error:
+        return JSONResponse({"status": "failed", "detail": state.load_error}, status_code=503)
+    return JSONResponse({"status": "loading"}, status_code=503)
+
+
+async def health(request: Request) -> Response:
+    state = _state(request)
+    rt = state.runtime
+    body: dict[str, Any] = {
+        "status": "ok" if state.ready.is_set() else ("failed" if state.load_error else "loading"),
+        "model_loaded": state.ready.is_set(),
+        "device": rt.stt.capabilities.device if rt else None,
+        "version": VERSION,
+        "active_sessions": len(state.sessions.live),
+        "max_sessions": state.settings.max_sessions,
+    }
+    if rt is not None:
+        body["engines"] = {
+            "vad": type(rt.vad).__name__,
+            "stt": type(rt.stt).__name__,
+            "llm": type(rt.llm).__name__,
+            "tts": type(rt.tts).__name__,
+        }
+    return JSONResponse(body)
+
+
+async def metrics(request: Request) -> Response:
+    state = _state(request)
+    rt = state.runtime
+    if rt is None:
+        return Response(b"", media_type=CONTENT_TYPE_LATEST)
+    live_sessions = list(state.sessions.live.values())
+    m = rt.metrics
+    totals: dict[str, float] = {}
+    for session in live_sessions:
+        for name, depth in session.queue_depths().items():
+            totals[name] = totals.get(name, 0.0) + depth
+    for name in ("input_backlog_seconds", "outbox", "pacer_ms", "response_stage"):
+        m.queue_depth.labels(name).set(totals.get(name, 0.0))
+    for worker in rt.workers():
+        m.queue_depth.labels(f"engine_{worker.name}").set(worker.pending)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def get_session(request: Request) -> Response:
+    session = _state(request).sessions.get(request.path_params["session_id"])
+    if session is None:
+        raise HTTPException(404, "no such session")
+    return JSONResponse(session.snapshot())
+
+
+async def list_voices(request: Request) -> Response:
+    rt = _state(request).runtime
+    if rt is None:
+        raise HTTPException(503, "models are still loading")
+    voices = [
+        {
+            "id": v.id,
+            "engine": v.engine,
+            "language": v.language,
+            "sample_rate": v.sample_rate,
+            "licence": v.licence,
+        }
+        for v in rt.tts.voices()
+    ]
+    return JSONResponse({"voices": voices})
+
+
+async def index(request: Request) -> Response:
+    if "application/json" in request.headers.get("accept", ""):
+        state = _state(request)
+        return JSONResponse(
+            {
+                "name": "voxgate",
+                "version": VERSION,
+                "ready": state.ready.is_set(),
+                "endpoints": {"voice": "/v1/voice", "health": "/health", "metrics": "/metrics"},
+            }
+        )
+    return FileResponse(STATIC / "index.html")
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+class ApiKeyMiddleware(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        state: AppState = request.app.state.voxgate
+        if request.url.path.startswith("/v1/") and not state.auth.allows_request(request):
+            return JSONResponse({"detail": "missing or wrong API key"}, status_code=401)
+        return await call_next(request)
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Starlette:
+    """Build the app. Without ``runtime`` the engines load in a thread at start-up (see /health/ready)."""
+    settings = settings or Settings()
+    state = AppState(settings, runtime)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.lag.start()
+        loader: asyncio.Task[None] | None = None
+        if state.runtime is None:
+            loader = asyncio.create_task(_load(state))
+        else:
+            state.lag.metrics = state.runtime.metrics
+            state.ready.set()
+        try:
+            yield
+        finally:
+            if loader is not None:
+                loader.cancel()
+            for session in list(state.sessions.live.values()):
+                await session.close("server_shutdown")
+            await state.lag.stop()
+            if state.runtime is not None and runtime is None:
+                await state.runtime.close()
+
+    routes = [
+        Route("/", index),
+        Route("/health/live", live),
+        Route("/health/ready", ready),
+        Route("/health", health),
+        Route("/metrics", metrics),
+        Route("/v1/sessions/{session_id}", get_session),
+        Route("/v1/voices", list_voices),
+        WebSocketRoute("/v1/voice", voice_endpoint),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(ApiKeyMiddleware)],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+    app.state.voxgate = state
+    return app
+
+
+async def _load(state: AppState) -> None:
+    try:
+        state.runtime = await asyncio.to_thread(build_runtime, state.settings)
+    except Exception as exc:
+        log.exception("loading engines failed")
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        return
+    state.lag.metrics = state.runtime.metrics
+    state.ready.set()

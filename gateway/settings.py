@@ -1,0 +1,170 @@
+"""The one typed settings object: env vars ``VOXGATE_*`` (nested with ``__``), an optional TOML file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from pipeline.session import SessionConfig, VadConfig
+
+
+class VadSettings(BaseModel):
+    """Turn-taking knobs; a session may override them with ``session.update``."""
+
+    threshold: float = Field(0.5, ge=0.05, le=0.95, description="speech probability that starts speech")
+    end_of_turn_ms: int = Field(300, ge=100, le=5000, description="silence that ends the caller's turn")
+    min_interrupt_ms: int = Field(250, ge=0, le=5000, description="caller speech that interrupts the agent")
+    min_speech_ms: int = Field(90, ge=0, le=2000, description="shorter speech is ignored as a click")
+
+
+class Settings(BaseSettings):
+    """Everything voxgate can be told, with the embedded default needing none of it."""
+
+    model_config = SettingsConfigDict(env_prefix="VOXGATE_", env_nested_delimiter="__", extra="ignore")
+
+    # service
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Field(
+        default_factory=lambda: (
+            Path(os.environ.get("XDG_DATA_HOME", "~/.local/share")).expanduser() / "voxgate"
+        )
+    )
+    log_level: str = "info"
+    api_key: str | None = Field(
+        None, description="when set, clients must send it as a Bearer token or ?api_key="
+    )
+
+    # sessions
+    max_sessions: int = Field(
+        32, ge=1, description="more WebSocket sessions are refused with close code 1013"
+    )
+    idle_timeout_s: float = Field(
+        300.0, gt=0, description="a session with no inbound message for this long ends"
+    )
+    max_input_backlog_s: float = Field(30.0, gt=0, description="caller audio buffered before input_overrun")
+    lead_ms: int = Field(200, ge=20, le=5000, description="how far agent audio may run ahead of real time")
+    ws_ping_interval_s: float = Field(20.0, gt=0, description="WebSocket keepalive ping interval")
+    ws_ping_timeout_s: float = Field(
+        90.0, gt=0, description="close a socket whose pong is this late (a client may pause reading a while)"
+    )
+    max_message_bytes: int = Field(1 << 20, description="a larger WebSocket message closes the socket (1009)")
+    instructions: str = (
+        "You are a friendly voice assistant. Answer in one or two short sentences. "
+        "Do not use lists, markdown or emoji."
+    )
+    vad: VadSettings = VadSettings()
+
+    # engines
+    vad_engine: Literal["silero"] = "silero"
+    stt_engine: Literal["whisper"] = "whisper"
+    stt_model: str = Field("tiny.en", description="tiny.en, base, or a path to a CTranslate2 Whisper model")
+    stt_device: str = "cpu"
+    stt_compute_type: str = "int8"
+    stt_threads: int = 2
+    stt_min_window_s: float = Field(
+        15.0, ge=0, le=30, description="shortest Whisper encoder window for short turns (0 = always 30 s)"
+    )
+    llm_engine: Literal["llama", "openai"] = "llama"
+    llm_model_path: str | None = Field(None, description="GGUF for the embedded engine; default SmolLM2-135M")
+    llm_threads: int = 2
+    llm_base_url: str = Field("http://127.0.0.1:8001/v1", description="OpenAI-compatible server (vLLM etc.)")
+    llm_model: str = "default"
+    llm_api_key: str | None = None
+    llm_max_tokens: int = 60
+    llm_history_messages: int = Field(
+        16, ge=0, description="past user/assistant messages the LLM sees (the context window is finite)"
+    )
+    llm_temperature: float = 0.0
+    tts_engine: Literal["piper", "espeak"] = "piper"
+    tts_voice: str = "en_US-joe-medium"
+    tts_threads: int = Field(2, ge=1, description="Piper's ONNX threads (the LLM pauses while TTS runs)")
+    first_clause_words: int = Field(
+        4,
+        ge=0,
+        description="speak the first clause after this many words even without punctuation (0 = wait)",
+    )
+    voices_dir: Path | None = None
+    engine_queue_size: int = Field(
+        64, ge=1, description="pending inference jobs per engine before callers wait"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments > environment > TOML file named by VOXGATE_CONFIG.
+        toml_file = os.environ.get("VOXGATE_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            if not Path(toml_file).is_file():
+                raise FileNotFoundError(f"VOXGATE_CONFIG names no such file: {toml_file}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(env var, default, description) for every setting, for ``voxgate serve --help`` and the docs."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for sub, subfield in annotation.model_fields.items():
+                rows.append(
+                    (
+                        f"VOXGATE_{name.upper()}__{sub.upper()}",
+                        repr(subfield.default),
+                        subfield.description or "",
+                    )
+                )
+            continue
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        rows.append((f"VOXGATE_{name.upper()}", repr(default), field.description or ""))
+    return rows
+
+
+def session_config(
+    settings: Settings,
+    *,
+    input_rate: int = 16000,
+    output_rate: int = 16000,
+    encoding: str = "pcm_s16le",
+    transport: str = "websocket",
+) -> SessionConfig:
+    """A session's configuration from the service settings: the one place every transport gets it."""
+    s = settings
+    return SessionConfig(
+        input_rate=input_rate,
+        input_encoding=encoding,
+        output_rate=output_rate,
+        output_encoding=encoding,
+        instructions=s.instructions,
+        voice=s.tts_voice if s.tts_engine == "piper" else None,
+        vad=VadConfig(**s.vad.model_dump()),
+        lead_ms=s.lead_ms,
+        max_input_backlog_s=s.max_input_backlog_s,
+        idle_timeout_s=s.idle_timeout_s,
+        max_tokens=s.llm_max_tokens,
+        temperature=s.llm_temperature,
+        eager_first_words=s.first_clause_words or None,
+        history_messages=s.llm_history_messages,
+        transport=transport,
+    )

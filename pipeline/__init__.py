@@ -1,0 +1,1 @@
+"""Frames, processors, sessions and audio utilities of the realtime pipeline."""

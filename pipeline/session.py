@@ -1,0 +1,742 @@
+"""A Session owns one conversation: turn-taking, responses, history, and the clock of what was heard.
+
+Transports feed it (``push_audio``, ``submit_text``, ``dtmf``, ``ack_played``...) and drain its ``outbox``;
+they know nothing of models. Engines are reached only through the shared ``Runtime`` workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engines.base import GenerationOptions
+from pipeline.audio import pcm16_to_float
+from pipeline.codec import InputBacklog, InputDecoder, WireEncoder
+from pipeline.frames import EndOfResponse, Frame, TTSAudio
+from pipeline.outbox import Outbox
+from pipeline.pacer import OutputPacer
+from pipeline.processor import Chain
+from pipeline.response import ClauseAggregator, Response, TextNormalizer, TTSStage, llm_source, new_id
+from pipeline.runtime import Runtime
+from pipeline.text import only_fillers
+from pipeline.turns import CHUNK_MS, TurnDetector, TurnEvent
+
+log = logging.getLogger("voxgate.session")
+
+_VAD_CHUNK_BYTES = 1024  # 512 samples of PCM16
+
+
+class SessionError(Exception):
+    """A client mistake with a stable ``code``; the session goes on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class VadConfig:
+    threshold: float = 0.5
+    end_of_turn_ms: int = 300
+    min_interrupt_ms: int = 250
+    min_speech_ms: int = 90
+
+
+@dataclass
+class SessionConfig:
+    """Per-session settings, from the service settings and what the client asked for."""
+
+    input_rate: int = 16000
+    input_encoding: str = "pcm_s16le"
+    output_rate: int = 16000
+    output_encoding: str = "pcm_s16le"
+    instructions: str = "You are a helpful voice assistant. Answer briefly."
+    voice: str | None = None
+    language: str | None = None
+    vad: VadConfig = field(default_factory=VadConfig)
+    lead_ms: int = 200
+    max_input_backlog_s: float = 30.0
+    idle_timeout_s: float = 300.0
+    max_tokens: int = 60
+    temperature: float = 0.0
+    partial_interval_ms: int = 1000
+    eager_first_words: int | None = 4
+    speculative_response: bool = True
+    history_messages: int = 16  # past user/assistant messages the LLM sees
+    transport: str = "websocket"
+
+
+@dataclass
+class TurnRecord:
+    """One exchange as stored and shown by ``GET /v1/sessions/{id}``."""
+
+    turn_id: str
+    source: str
+    user_text: str
+    started_at: float = field(default_factory=time.time)
+    response_id: str | None = None
+    response_text: str = ""
+    heard_text: str = ""
+    interrupted: bool = False
+    resumed: bool = False
+    timings: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """One answer in flight and what the session needs to steer it."""
+
+    response: Response
+    turn: TurnRecord
+    wire: WireEncoder
+    held: bool = False  # speculative: running, but nothing reaches the caller yet
+    speech_end: float | None = None
+    chain: Chain | None = None
+    task: asyncio.Task[None] | None = None
+    held_events: list[dict[str, Any]] = field(default_factory=list)
+    held_frames: list[bytes] = field(default_factory=list)
+    text_done: bool = False
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Session:
+    """One caller's conversation over any transport."""
+
+    def __init__(self, runtime: Runtime, config: SessionConfig) -> None:
+        self.id = new_id("sess")
+        self.rt = runtime
+        self.config = config
+        self.created_at = time.time()
+        self.closed_at: float | None = None
+        self.close_reason: str | None = None
+        self.outbox = Outbox()
+        self.pacer = OutputPacer(self.outbox, config.lead_ms, on_release=self._on_release)
+        self.history: list[dict[str, Any]] = [{"role": "system", "content": config.instructions}]
+        self.turns: list[TurnRecord] = []
+        self.dtmf_digits: list[str] = []
+        self._run: _Run | None = None  # the answer the caller hears (or is about to)
+        self._held: _Run | None = None  # a speculative answer, held until the turn really ends
+        self._runs: dict[str, _Run] = {}
+        self._decoder = InputDecoder(config.input_rate, config.input_encoding)
+        self._backlog = InputBacklog(config.max_input_backlog_s)
+        self._has_input = asyncio.Event()
+        self._overrun_reported = False
+        self._vad_changed = False
+        self._detector = self._new_detector()
+        self._vad_state = runtime.vad.new_state()
+        self._speculative: asyncio.Task[str] | None = None
+        self._partial_task: asyncio.Task[None] | None = None
+        self._last_partial_ms = 0
+        self._overlapped_agent = False  # the open utterance began while the agent spoke
+        self._resume_candidate: tuple[Response, float] | None = None
+        self._t_speech_end: float | None = None
+        self._stt_ms: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self.last_activity = time.monotonic()
+        self.closed = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.pacer.start()
+        self._loops = [
+            asyncio.create_task(self._input_loop(), name=f"{self.id}-input"),
+            asyncio.create_task(self._idle_watchdog(), name=f"{self.id}-idle"),
+        ]
+        await self.emit(
+            "session.created",
+            session_id=self.id,
+            input_audio={"sample_rate": self.config.input_rate, "encoding": self.config.input_encoding},
+            output_audio={"sample_rate": self.config.output_rate, "encoding": self.config.output_encoding},
+        )
+
+    async def close(self, reason: str = "client_closed") -> None:
+        """End the session: stop work, tell the client why, and let the outbox drain."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        self.close_reason = reason
+        self.closed_at = time.time()
+        current = asyncio.current_task()
+        await self._cancel_speculation()
+        await self._cancel_run(self._run)
+        for task in [*self._loops, *self._tasks, self._speculative, self._partial_task]:
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+        await self.pacer.close()
+        await self.emit("session.closed", reason=reason)
+        await self.outbox.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def emit(self, type_: str, **fields: Any) -> None:
+        if type_ == "error":
+            self.rt.metrics.errors.labels(fields.get("code", "unknown")).inc()
+        await self.outbox.put_event({"type": type_, **fields})
+
+    async def error(self, code: str, message: str) -> None:
+        await self.emit("error", code=code, message=message)
+
+    async def _idle_watchdog(self) -> None:
+        while True:
+            idle = time.monotonic() - self.last_activity
+            if idle >= self.config.idle_timeout_s:
+                await self.close("idle_timeout")
+                return
+            await asyncio.sleep(min(self.config.idle_timeout_s - idle + 0.01, 5.0))
+
+    # -- input from the transport ---------------------------------------------------------------------------
+
+    @property
+    def input_backlog_s(self) -> float:
+        return self._backlog.seconds
+
+    @property
+    def dropped_input_s(self) -> float:
+        return self._backlog.dropped_seconds
+
+    def push_audio(self, data: bytes) -> None:
+        """Caller audio in the session's wire format. Never blocks; overflow is reported, not hidden."""
+        self.last_activity = time.monotonic()
+        lost = self._backlog.write(self._decoder.decode(data))
+        if lost:
+            self.rt.metrics.dropped_input.inc(lost / 2 / 16000)
+            if not self._overrun_reported:
+                self._overrun_reported = True
+                self._spawn(
+                    self.error(
+                        "input_overrun",
+                        f"more than {self.config.max_input_backlog_s:g} s of audio is waiting; "
+                        "dropping new audio (GET /v1/sessions/{id} counts dropped_input_ms)",
+                    )
+                )
+        elif self._overrun_reported and self._backlog.seconds < self.config.max_input_backlog_s / 2:
+            self._overrun_reported = False
+        self._has_input.set()
+
+    async def submit_text(self, text: str) -> None:
+        """A typed user turn: interrupts the agent if it is speaking, then gets an answer."""
+        self.last_activity = time.monotonic()
+        await self._cancel_speculation()
+        await self._interrupt("typed", resumable=False)
+        self._resume_candidate = None
+        turn = TurnRecord(new_id("turn"), "text", text)
+        await self.emit("transcript.final", turn_id=turn.turn_id, text=text, source="text")
+        await self._begin_turn(turn)
+
+    async def commit_input(self) -> None:
+        """The client says the caller's turn is over now."""
+        self.last_activity = time.monotonic()
+        event = self._detector.commit()
+        if event is not None:
+            await self._on_turn_event(event)
+
+    async def dtmf(self, digit: str) -> None:
+        self.last_activity = time.monotonic()
+        self.dtmf_digits.append(digit)
+        await self.emit("dtmf.received", digit=digit)
+
+    def ack_played(self, response_id: str, ms: float) -> None:
+        """The client has played ``ms`` of a response: the most reliable measure of what was heard."""
+        self.last_activity = time.monotonic()
+        run = self._runs.get(response_id)
+        if run is not None:
+            response = run.response
+            response.acked_ms = max(response.acked_ms or 0.0, float(ms))
+
+    async def cancel_response(self) -> None:
+        self.last_activity = time.monotonic()
+        await self._interrupt("cancelled", resumable=False)
+
+    def update(
+        self,
+        *,
+        instructions: str | None = None,
+        voice: str | None = None,
+        output_rate: int | None = None,
+        vad: dict[str, Any] | None = None,
+    ) -> None:
+        """Apply a validated ``session.update``; takes effect from the next response."""
+        self.last_activity = time.monotonic()
+        if instructions is not None:
+            self.config.instructions = instructions
+            self.history[0] = {"role": "system", "content": instructions}
+        if voice is not None:
+            self.config.voice = voice
+        if output_rate is not None:
+            self.config.output_rate = output_rate
+        if vad:
+            for key, value in vad.items():
+                setattr(self.config.vad, key, value)
+            # An utterance in progress keeps the knobs it started with; the next one gets the new ones.
+            self._vad_changed = True
+            self._apply_vad_change()
+
+    def _apply_vad_change(self) -> None:
+        if self._vad_changed and not self._detector.in_speech:
+            self._detector = self._new_detector()
+            self._vad_changed = False
+
+    def _new_detector(self) -> TurnDetector:
+        v = self.config.vad
+        return TurnDetector(v.threshold, v.end_of_turn_ms, v.min_interrupt_ms, v.min_speech_ms)
+
+    # -- caller speech --------------------------------------------------------------------------------------
+
+    async def _input_loop(self) -> None:
+        while True:
+            chunk = self._backlog.read(_VAD_CHUNK_BYTES)
+            if chunk is None:
+                self._has_input.clear()
+                await self._has_input.wait()
+                continue
+            prob = await self.rt.vad_batcher.speech_prob(self._vad_state, pcm16_to_float(chunk))
+            for event in self._detector.feed(chunk, prob):
+                await self._on_turn_event(event)
+            self._maybe_partial()
+
+    def _agent_speaking(self) -> bool:
+        return self._run is not None
+
+    async def _on_turn_event(self, event: TurnEvent) -> None:
+        if event.kind == "started":
+            self._overlapped_agent = self._agent_speaking()
+            self._last_partial_ms = 0
+            await self.emit("speech.started")
+        elif event.kind == "interrupt":
+            if self._agent_speaking():
+                self._overlapped_agent = False
+                await self._interrupt("barge_in", resumable=True)
+        elif event.kind == "paused":
+            self._t_speech_end = time.monotonic() - CHUNK_MS / 1000
+            await self.emit("speech.stopped")
+            await self._cancel_speculation()
+            if not (self._overlapped_agent and self._agent_speaking()):
+                self._speculative = asyncio.create_task(self._speculate(event.audio, self._t_speech_end))
+        elif event.kind == "resumed":
+            await self._cancel_speculation()  # the caller went on: that guess at the turn is stale
+            await self.emit("speech.started")
+        elif event.kind == "ended":
+            await self._end_of_turn(event)
+        # "discarded": too short to be speech; nothing to say about it.
+        if event.kind in ("ended", "discarded"):
+            self._apply_vad_change()
+
+    async def _cancel_speculation(self) -> None:
+        if self._speculative is not None:
+            self._speculative.cancel()
+            self._speculative = None
+        held, self._held = self._held, None
+        await self._cancel_run(held)
+
+    async def _transcribe(self, pcm: bytes, stage: str = "stt") -> str:
+        """Whisper on ``pcm`` through the shared STT worker; ``stage`` names it in the latency metrics."""
+        start = time.monotonic()
+        transcript = await self.rt.stt_worker.run(
+            self.rt.stt.transcribe, pcm16_to_float(pcm), self.config.language
+        )
+        ms = round((time.monotonic() - start) * 1000, 1)
+        self.rt.metrics.observe_ms(stage, ms)
+        if stage == "stt":
+            self._stt_ms = ms
+        return transcript.text.strip()
+
+    async def _speculate(self, pcm: bytes, speech_end: float) -> str:
+        """Transcribe while the end-of-turn silence runs, then start the answer on hold.
+
+        The held answer's text and audio reach the caller only when the turn really ends; if the caller
+        goes on speaking it is dropped unseen. On 2 cores this takes STT and the first LLM tokens off the
+        critical path.
+        """
+        text = await self._transcribe(pcm)
+        if self.config.speculative_response and self._run is None and not only_fillers(text):
+            turn = TurnRecord(new_id("turn"), "voice", text)
+            turn.timings["stt_ms"] = self._stt_ms
+            messages = [*self._context(), {"role": "user", "content": text}]
+            await self._start_response(turn, messages, speech_end=speech_end, held=True)
+        return text
+
+    def _maybe_partial(self) -> None:
+        interval = self.config.partial_interval_ms
+        detector = self._detector
+        if not interval or not detector.in_speech or detector.speech_ms - self._last_partial_ms < interval:
+            return
+        if self.rt.stt_worker.pending or (self._partial_task and not self._partial_task.done()):
+            return  # never queue a partial in front of a final transcription
+        self._last_partial_ms = detector.speech_ms
+        self._partial_task = asyncio.create_task(self._partial(detector.audio_so_far()))
+
+    async def _partial(self, pcm: bytes) -> None:
+        try:
+            text = await self._transcribe(pcm, "stt_partial")
+        except Exception:
+            log.exception("partial transcription failed")
+            return
+        if text and self._detector.in_speech:
+            await self.emit("transcript.partial", text=text)
+
+    async def _end_of_turn(self, event: TurnEvent) -> None:
+        overlapped, self._overlapped_agent = self._overlapped_agent, False
+        task, self._speculative = self._speculative, None
+        if overlapped and self._agent_speaking():
+            # Speech shorter than min_interrupt_ms over the agent: not a turn, not an interruption.
+            if task is not None:
+                task.cancel()
+            await self._cancel_speculation()
+            return
+        try:
+            text = await task if task is not None else await self._transcribe(event.audio)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("transcription failed")
+            await self._cancel_speculation()
+            await self.error("stt_failed", f"transcription failed: {exc}")
+            return
+        held, self._held = self._held, None
+        if only_fillers(text):
+            # No words ("", "Hmm.", "Mm-hmm"): a cough or a backchannel is not a turn, and must not
+            # leave the agent silent if it barged in.
+            await self._cancel_run(held)
+            await self._resume_after_false_interruption()
+            return
+        self._resume_candidate = None
+        if held is not None and held.turn.user_text == text:
+            await self.emit("transcript.final", turn_id=held.turn.turn_id, text=text, source="voice")
+            await self._commit_held(held)
+            return
+        await self._cancel_run(held)
+        turn = TurnRecord(new_id("turn"), "voice", text)
+        turn.timings["stt_ms"] = self._stt_ms
+        await self.emit("transcript.final", turn_id=turn.turn_id, text=text, source="voice")
+        await self._begin_turn(turn, speech_end=self._t_speech_end)
+
+    # -- responses ------------------------------------------------------------------------------------------
+
+    @property
+    def response(self) -> Response | None:
+        """The response the caller is hearing (or about to), if any."""
+        return self._run.response if self._run is not None else None
+
+    async def _begin_turn(self, turn: TurnRecord, speech_end: float | None = None) -> None:
+        self.turns.append(turn)
+        self.history.append({"role": "user", "content": turn.user_text})
+        await self._start_response(turn, self._context(), speech_end=speech_end)
+
+    async def _start_response(
+        self,
+        turn: TurnRecord,
+        messages: list[dict[str, Any]],
+        *,
+        speech_end: float | None = None,
+        spoken_prefix: str = "",
+        resumed: Response | None = None,
+        held: bool = False,
+    ) -> None:
+        if not held:
+            await self._cancel_run(self._run)
+        response = Response(turn.turn_id)
+        if resumed is not None:
+            response.resumed_from = resumed.id
+            response.heard_prefix = resumed.heard_before(resumed.acked_ms or 0.0)
+        response.llm_done = resumed is not None and (
+            resumed.llm_done or not self.rt.llm.capabilities.continues_assistant_prefix
+        )
+        wire = WireEncoder(self.rt.tts.sample_rate, self.config.output_rate, self.config.output_encoding)
+        run = _Run(response, turn, wire, held=held, speech_end=speech_end)
+        if not held:
+            run.released.set()
+        options = GenerationOptions(max_tokens=self.config.max_tokens, temperature=self.config.temperature)
+
+        async def on_delta(delta: str) -> None:
+            await self._emit_for(run, "response.text.delta", response_id=response.id, delta=delta)
+
+        async def on_done() -> None:
+            if run.held:
+                run.text_done = True
+            else:
+                await self._text_done(run)
+
+        async def tts_gate(clause_index: int) -> None:
+            if clause_index > 0:
+                await run.released.wait()  # on hold, only the first clause is synthesized ahead
+            await self.pacer.wait_for_room()
+
+        source = llm_source(
+            response, self.rt.llm_worker, self.rt.llm, messages, options, on_delta, on_done, spoken_prefix
+        )
+        stages = [
+            ClauseAggregator(response, self.config.eager_first_words),
+            TextNormalizer(),
+            TTSStage(response, self.rt.tts_worker, self.rt.tts, tts_gate, self.config.voice),
+        ]
+        run.chain = Chain(source, stages, functools.partial(self._sink, run))
+        self._runs[response.id] = run
+        if held:
+            self._held = run
+        else:
+            self._run = run
+            turn.response_id = response.id
+            await self.emit("response.started", **self._started_fields(run))
+        run.task = asyncio.create_task(self._run_response(run))
+
+    @staticmethod
+    def _started_fields(run: _Run) -> dict[str, Any]:
+        fields: dict[str, Any] = {"response_id": run.response.id, "turn_id": run.turn.turn_id}
+        if run.response.resumed_from is not None:
+            fields["resumed_from"] = run.response.resumed_from
+        return fields
+
+    async def _emit_for(self, run: _Run, type_: str, **fields: Any) -> None:
+        if run.held:
+            run.held_events.append({"type": type_, **fields})
+        else:
+            await self.emit(type_, **fields)
+
+    async def _commit_held(self, run: _Run) -> None:
+        """The turn ended as guessed: the held answer becomes the real one, with everything it made so far."""
+        await self._cancel_run(self._run)
+        self.turns.append(run.turn)
+        self.history.append({"role": "user", "content": run.turn.user_text})
+        self._run = run
+        run.turn.response_id = run.response.id
+        await self.emit("response.started", **self._started_fields(run))
+        while run.held_events:  # more may arrive while we emit; they join this same queue
+            await self.outbox.put_event(run.held_events.pop(0))
+        run.held = False
+        frames, run.held_frames = run.held_frames, []
+        self.pacer.enqueue(run.response.id, frames, 20)
+        run.released.set()
+        if run.text_done:
+            await self._text_done(run)
+        self._check_audio_done(run)
+
+    async def _run_response(self, run: _Run) -> None:
+        assert run.chain is not None
+        try:
+            await run.chain.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("response %s failed", run.response.id)
+            if run.held:
+                self._held = None  # a failed guess is just dropped; the real turn end tries again
+                return
+            await self.error("response_failed", f"the agent could not answer: {exc}")
+            if self._run is run:
+                self.pacer.flush()
+                self._run = None
+
+    async def _text_done(self, run: _Run) -> None:
+        """The LLM finished: the whole answer goes into history now (cut later if the caller barges in)."""
+        response = run.response
+        text = response.full_text()
+        run.turn.response_text = text
+        if text:
+            response.history_entry = {"role": "assistant", "content": text}
+            self.history.append(response.history_entry)
+        await self.emit("response.text.done", response_id=response.id, text=text)
+
+    def _timings(self, run: _Run) -> dict[str, float | None]:
+        def ms(a: float | None, b: float | None) -> float | None:
+            return round((b - a) * 1000, 1) if a is not None and b is not None else None
+
+        r = run.response
+        return {
+            "llm_ttft_ms": ms(r.t_llm_start, r.t_first_token),
+            "first_clause_ms": ms(r.t_llm_start, r.t_first_clause),
+            "tts_ttfb_ms": ms(r.t_first_tts_request, r.t_first_tts_audio),
+            "voice_to_voice_ms": ms(run.speech_end or r.t_created, r.t_first_release),
+        }
+
+    async def _sink(self, run: _Run, frame: Frame) -> None:
+        if run is not self._run and run is not self._held:
+            return
+        response = run.response
+        if isinstance(frame, TTSAudio):
+            response.add_audio(
+                frame.clause_index, frame.display, len(frame.pcm) / 2 / frame.sample_rate * 1000
+            )
+            frames = run.wire.encode(frame.pcm)
+        elif isinstance(frame, EndOfResponse):
+            frames = run.wire.flush()
+            response.tts_done = True
+        else:
+            return
+        response.wire_ms += len(frames) * 20
+        if run.held:
+            run.held_frames.extend(frames)
+            return
+        self.pacer.enqueue(response.id, frames, 20)
+        if isinstance(frame, EndOfResponse):
+            self._check_audio_done(run)
+
+    def _on_release(self, response_id: str, ms: float) -> None:
+        run = self._runs.get(response_id)
+        if run is None:
+            return
+        response, turn = run.response, run.turn
+        if response.t_first_release is None:
+            response.t_first_release = time.monotonic()
+            timings = self._timings(run)
+            timings["stt_ms"] = turn.timings.get("stt_ms")
+            turn.timings.update(timings)
+            for stage, value in timings.items():
+                if stage != "stt_ms":  # already observed when the transcription finished
+                    self.rt.metrics.observe_ms(stage.removesuffix("_ms"), value)
+            self._spawn(self.emit("metrics", turn_id=turn.turn_id, response_id=response_id, **timings))
+        self._check_audio_done(run)
+
+    def _check_audio_done(self, run: _Run) -> None:
+        response = run.response
+        released = self.pacer.released_ms.get(response.id, 0.0)
+        if response.audio_done_sent or not response.tts_done or not response.llm_done or run.held:
+            return
+        if released < response.wire_ms:
+            return
+        response.audio_done_sent = True
+        run.turn.heard_text = response.full_text()
+        self._spawn(self._finish_audio(run))
+
+    async def _finish_audio(self, run: _Run) -> None:
+        # The last frame left; the caller finishes hearing it lead_ms later, and only then may speak freely.
+        await self.emit(
+            "response.audio.done", response_id=run.response.id, audio_ms=round(run.response.audio_ms)
+        )
+        await asyncio.sleep(self.pacer.ahead_ms() / 1000)
+        if self._run is run:
+            self._run = None
+            self._resume_candidate = None
+
+    async def _cancel_run(self, run: _Run | None) -> None:
+        if run is None:
+            return
+        if self._run is run:
+            self._run = None
+        if self._held is run:
+            self._held = None
+        task = run.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if run.chain is not None:
+            await run.chain.cancel()
+
+    async def _interrupt(self, reason: str, resumable: bool) -> None:
+        """Barge-in: nothing more leaves, generation stops, and history keeps only what was heard."""
+        run = self._run
+        if run is None:
+            return
+        response = run.response
+        # Estimate before flushing: the flush forgets how much released audio is still unplayed.
+        played_estimate = self.pacer.played_estimate_ms(response.id)
+        self.pacer.flush()  # synchronous: not one more agent frame is released after this line
+        self._run = None
+        played = response.acked_ms if response.acked_ms is not None else played_estimate
+        played = min(played, response.audio_ms)
+        response.acked_ms = played
+        response.interrupted = True
+        await self._cancel_run(run)
+        heard = response.heard_text(played)
+        run.turn.heard_text, run.turn.interrupted = heard, True
+        run.turn.response_text = response.full_text()
+        self._record_heard(response, heard)
+        self.rt.metrics.interruptions.labels(reason).inc()
+        await self.emit(
+            "response.interrupted",
+            response_id=response.id,
+            played_ms=round(played),
+            heard_text=heard,
+            reason=reason,
+        )
+        unfinished = bool(response.unheard_text(played)) or not response.llm_done
+        self._resume_candidate = (response, played) if resumable and unfinished else None
+
+    def _record_heard(self, response: Response, heard: str) -> None:
+        entry = response.history_entry
+        if entry is not None and self._in_history(entry):
+            if heard:
+                entry["content"] = heard
+            else:
+                self._drop_from_history(entry)
+        elif heard:
+            entry = {"role": "assistant", "content": heard}
+            self.history.append(entry)
+            response.history_entry = entry
+
+    def _context(self) -> list[dict[str, Any]]:
+        """What the LLM sees: the instructions and the most recent ``history_messages`` of the conversation.
+
+        A small model's context window (2048 tokens for the embedded one) would otherwise fill up in a long
+        call; the full history stays in ``self.history`` and the session record.
+        """
+        system, rest = self.history[0], self.history[1:]
+        keep = self.config.history_messages
+        window = rest[-keep:] if keep > 0 else []
+        while window and window[0]["role"] == "assistant":
+            window = window[1:]  # chat templates expect the conversation to open with the user
+        return [system, *window]
+
+    def _in_history(self, entry: dict[str, Any]) -> bool:
+        return any(message is entry for message in self.history)
+
+    def _drop_from_history(self, entry: dict[str, Any]) -> None:
+        self.history = [message for message in self.history if message is not entry]
+
+    async def _resume_after_false_interruption(self) -> None:
+        """The interruption had no words (a cough, a noise): say the cut clause again and go on."""
+        candidate, self._resume_candidate = self._resume_candidate, None
+        if candidate is None:
+            return
+        response, played = candidate
+        run = self._runs.get(response.id)
+        if run is None:
+            return
+        turn = run.turn
+        turn.resumed = True
+        if response.history_entry is not None:
+            self._drop_from_history(response.history_entry)
+        messages = self._context()
+        if not response.llm_done:
+            messages.append({"role": "assistant", "content": response.generated, "prefix": True})
+        self.rt.metrics.interruptions.labels("false").inc()
+        await self._start_response(
+            turn, messages, spoken_prefix=response.unheard_text(played), resumed=response
+        )
+
+    # -- inspection -----------------------------------------------------------------------------------------
+
+    def queue_depths(self) -> dict[str, float]:
+        """How full each of this session's bounded queues is (for /metrics and tests)."""
+        chains = [run.chain for run in (self._run, self._held) if run is not None and run.chain is not None]
+        return {
+            "input_backlog_seconds": self.input_backlog_s,
+            "outbox": self.outbox.depth,
+            "pacer_ms": self.pacer.buffered_ms,
+            "response_stage": max((max(c.depths(), default=0) for c in chains), default=0),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "session_id": self.id,
+            "transport": self.config.transport,
+            "created_at": self.created_at,
+            "closed_at": self.closed_at,
+            "close_reason": self.close_reason,
+            "live": not self.closed.is_set(),
+            "dropped_input_ms": round(self.dropped_input_s * 1000),
+            "turns": [asdict(t) for t in self.turns],
+            "dtmf": list(self.dtmf_digits),
+        }

@@ -1,0 +1,109 @@
+"""Turn-taking from VAD probabilities: when the caller starts, pauses, may interrupt, and ends a turn."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+CHUNK_MS = 32  # Silero's 512 samples at 16 kHz
+_PRE_ROLL_MS = 320  # Whisper clips the first phoneme without some audio from before the VAD fired
+_MAX_UTTERANCE_MS = 28_000  # Whisper sees 30 s at most
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    """``kind`` is one of: started, paused, resumed, interrupt, ended, discarded."""
+
+    kind: str
+    audio: bytes = b""
+    speech_ms: int = 0
+
+
+class TurnDetector:
+    """A small state machine over 32 ms chunks of 16 kHz PCM16 and their speech probabilities.
+
+    ``paused`` fires at the first silent chunk after speech, so STT can start while the hangover runs;
+    ``resumed`` says that guess was wrong. ``interrupt`` fires once per utterance when speech has lasted
+    ``min_interrupt_ms``; ``ended`` carries the utterance audio after ``end_of_turn_ms`` of silence.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        end_of_turn_ms: int = 300,
+        min_interrupt_ms: int = 250,
+        min_speech_ms: int = 90,
+    ) -> None:
+        self.threshold = threshold
+        self.release = max(0.05, threshold - 0.15)  # hysteresis keeps soft word endings inside the speech
+        self.end_of_turn_ms = end_of_turn_ms
+        self.min_interrupt_ms = min_interrupt_ms
+        self.min_speech_ms = min_speech_ms
+        self._pre_roll: deque[bytes] = deque(maxlen=_PRE_ROLL_MS // CHUNK_MS)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.in_speech = False  # an utterance is open (speaking or within the hangover)
+        self._speaking = False
+        self._announced = False
+        self._interrupted = False
+        self._audio: list[bytes] = []
+        self._speech_run_ms = 0  # from the first speech chunk to the end of the last one
+        self._silence_ms = 0
+
+    @property
+    def speech_ms(self) -> int:
+        return self._speech_run_ms
+
+    def feed(self, pcm: bytes, prob: float) -> list[TurnEvent]:
+        events: list[TurnEvent] = []
+        if not self.in_speech:
+            if prob < self.threshold:
+                self._pre_roll.append(pcm)
+                return events
+            self.in_speech = True
+            self._speaking = True
+            self._audio = list(self._pre_roll)
+            self._pre_roll.clear()
+        self._audio.append(pcm)
+        voiced = prob >= (self.release if self._speaking else self.threshold)
+        if voiced:
+            if not self._speaking:
+                self._speaking = True
+                events.append(TurnEvent("resumed"))
+            self._speech_run_ms += self._silence_ms + CHUNK_MS
+            self._silence_ms = 0
+            if not self._announced and self._speech_run_ms >= self.min_speech_ms:
+                self._announced = True
+                events.append(TurnEvent("started"))
+            if not self._interrupted and self._speech_run_ms >= max(
+                self.min_interrupt_ms, self.min_speech_ms
+            ):
+                self._interrupted = True
+                events.append(TurnEvent("interrupt", speech_ms=self._speech_run_ms))
+            if len(self._audio) * CHUNK_MS >= _MAX_UTTERANCE_MS:
+                events.append(self._end())
+            return events
+        self._silence_ms += CHUNK_MS
+        if self._speaking:
+            self._speaking = False
+            if self._announced:
+                events.append(TurnEvent("paused", audio=b"".join(self._audio), speech_ms=self._speech_run_ms))
+        if self._silence_ms >= self.end_of_turn_ms:
+            events.append(self._end())
+        return events
+
+    def audio_so_far(self) -> bytes:
+        """The open utterance's audio (for partial transcripts)."""
+        return b"".join(self._audio)
+
+    def commit(self) -> TurnEvent | None:
+        """End the turn now (the client said so); None when no speech is open."""
+        return self._end() if self.in_speech else None
+
+    def _end(self) -> TurnEvent:
+        announced, audio, speech_ms = self._announced, b"".join(self._audio), self._speech_run_ms
+        self._reset()
+        if not announced:
+            return TurnEvent("discarded", speech_ms=speech_ms)
+        return TurnEvent("ended", audio=audio, speech_ms=speech_ms)

@@ -1,0 +1,1 @@
+"""Telephony providers (Twilio media streams first)."""

