@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,14 @@ from starlette.routing import Route, WebSocketRoute
 
 from gateway.auth import Auth
 from gateway.engines import build_runtime
+from gateway.records import StoreRecorder
 from gateway.sessions import SessionManager
+from gateway.sessions_api import delete_session, get_session, list_sessions
 from gateway.settings import Settings
 from gateway.ws_voice import voice_endpoint
 from pipeline.metrics import LoopLagMonitor
 from pipeline.runtime import Runtime
+from storage.store import Store
 
 log = logging.getLogger("voxgate.app")
 STATIC = Path(__file__).parent / "static"
@@ -42,6 +46,18 @@ class AppState:
         self.ready = asyncio.Event()
         self.load_error: str | None = None
         self.lag = LoopLagMonitor()
+        self.store: Store | None = None
+        self.recorder: StoreRecorder | None = None
+
+    async def open_store(self) -> None:
+        self.store = await Store.open(
+            self.settings.storage_url(), write_interval_s=self.settings.storage_write_interval_s
+        )
+        self.recorder = StoreRecorder(self.store.writer)
+
+    async def close_store(self) -> None:
+        if self.store is not None:
+            await self.store.close()  # flushes every queued write: a normal shutdown loses no turn
 
 
 def _state(request: Request) -> AppState:
@@ -100,13 +116,6 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-async def get_session(request: Request) -> Response:
-    session = _state(request).sessions.get(request.path_params["session_id"])
-    if session is None:
-        raise HTTPException(404, "no such session")
-    return JSONResponse(session.snapshot())
-
-
 async def list_voices(request: Request) -> Response:
     rt = _state(request).runtime
     if rt is None:
@@ -163,6 +172,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.open_store()
+        retention = asyncio.create_task(_retention_loop(state)) if settings.retention_days else None
         state.lag.start()
         loader: asyncio.Task[None] | None = None
         if state.runtime is None:
@@ -175,8 +186,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         finally:
             if loader is not None:
                 loader.cancel()
+            if retention is not None:
+                retention.cancel()
             for session in list(state.sessions.live.values()):
                 await session.close("server_shutdown")
+            await state.close_store()
             await state.lag.stop()
             if state.runtime is not None and runtime is None:
                 await state.runtime.close()
@@ -187,7 +201,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         Route("/health/ready", ready),
         Route("/health", health),
         Route("/metrics", metrics),
+        Route("/v1/sessions", list_sessions),
         Route("/v1/sessions/{session_id}", get_session),
+        Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
         Route("/v1/voices", list_voices),
         WebSocketRoute("/v1/voice", voice_endpoint),
     ]
@@ -210,3 +226,21 @@ async def _load(state: AppState) -> None:
         return
     state.lag.metrics = state.runtime.metrics
     state.ready.set()
+
+
+async def _retention_loop(state: AppState) -> None:
+    """Delete sessions (and their recordings) older than ``retention_days``, every ``retention_interval_s``."""
+    assert state.store is not None and state.settings.retention_days
+    while True:
+        cutoff = time.time() - state.settings.retention_days * 86400
+        try:
+            removed = await state.store.delete_sessions_before(cutoff)
+            if removed:
+                log.info(
+                    "retention: deleted %d sessions older than %s days",
+                    removed,
+                    state.settings.retention_days,
+                )
+        except Exception:
+            log.exception("retention sweep failed")
+        await asyncio.sleep(state.settings.retention_interval_s)

@@ -149,6 +149,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(script), *args.rest])
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from storage import migrate
+    from storage.engine import open_engine
+
+    settings = Settings()
+    url = settings.storage_url()
+    shown = make_url(url).render_as_string(hide_password=True)
+
+    async def run() -> str | None:
+        engine = open_engine(url)
+        try:
+            if args.action == "upgrade":
+                await migrate.upgrade(engine, args.revision or "head")
+            elif args.action == "downgrade":
+                await migrate.downgrade(engine, args.revision or "base")
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    revision = asyncio.run(run())
+    print(f"{shown}: schema revision {revision or 'none (empty)'} (latest {migrate.head_revision()})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voxgate", description="Realtime voice-agent gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="engines, voices and where their weights are")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
+    db = sub.add_parser("db", help="database schema: show, upgrade or downgrade (Alembic)")
+    db.add_argument("action", choices=["current", "upgrade", "downgrade"])
+    db.add_argument("revision", nargs="?", help="target revision (default: head / base)")
+    db.set_defaults(func=cmd_db)
     bench = sub.add_parser("bench", help="run bench/latency.py (arguments pass through)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)

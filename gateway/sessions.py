@@ -1,4 +1,4 @@
-"""Live sessions, recently ended ones, and admission control."""
+"""Live sessions, recently ended ones (served from memory until storage has them), admission control."""
 
 from __future__ import annotations
 
@@ -39,3 +39,10 @@ class SessionManager:
 
     def get(self, session_id: str) -> Session | None:
         return self.live.get(session_id) or self.recent.get(session_id)
+
+    def forget(self, session_id: str) -> bool:
+        """Drop a deleted session from memory; True if it was known here."""
+        known = session_id in self.live or session_id in self.recent
+        self.live.pop(session_id, None)
+        self.recent.pop(session_id, None)
+        return known

@@ -44,6 +44,23 @@ class Settings(BaseSettings):
         None, description="when set, clients must send it as a Bearer token or ?api_key="
     )
 
+    # storage
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL: postgresql://user@host/db for scale; default a SQLite file in data_dir",
+    )
+    storage_write_interval_s: float = Field(
+        0.2, gt=0, le=1.0, description="batched writes go out this often (a crash loses at most this much)"
+    )
+    retention_days: float | None = Field(
+        None, gt=0, description="delete sessions and recordings older than this many days (off when unset)"
+    )
+    record_audio: bool = Field(
+        False,
+        description="write each session's caller and agent audio as WAV files under data_dir/recordings",
+    )
+    retention_interval_s: float = Field(3600.0, gt=0, description="how often the retention sweep runs")
+
     # sessions
     max_sessions: int = Field(
         32, ge=1, description="more WebSocket sessions are refused with close code 1013"
@@ -120,6 +137,13 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 
+    @property
+    def recordings_dir(self) -> Path:
+        return self.data_dir / "recordings"
+
+    def storage_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'voxgate.db'}"
+
 
 def describe_settings() -> list[tuple[str, str, str]]:
     """(env var, default, description) for every setting, for ``voxgate serve --help`` and the docs."""
@@ -167,4 +191,5 @@ def session_config(
         eager_first_words=s.first_clause_words or None,
         history_messages=s.llm_history_messages,
         transport=transport,
+        recording_dir=str(s.recordings_dir) if s.record_audio else None,
     )

@@ -31,6 +31,7 @@ CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 
 
@@ -74,7 +75,9 @@ async def voice_endpoint(ws: WebSocket) -> None:
     config = session_config(
         state.settings, input_rate=rate, output_rate=out_rate, encoding=encoding, transport="websocket"
     )
-    session = Session(state.runtime, config)
+    session = Session(state.runtime, config, recorder=state.recorder)
+    if ws.client is not None:
+        session.caller = f"{ws.client.host}:{ws.client.port}"
     state.sessions.add(session)
     state.runtime.metrics.active_sessions.labels("websocket").inc()
     try:
@@ -123,10 +126,12 @@ async def _read_loop(ws: WebSocket, session: Session, max_bytes: int) -> str:
     while True:
         try:
             message = await ws.receive()
-        except (WebSocketDisconnect, RuntimeError):
+        except WebSocketDisconnect as exc:
+            return _disconnect_reason(exc.code)
+        except RuntimeError:
             return "client_disconnected"
         if message["type"] == "websocket.disconnect":
-            return "client_disconnected"
+            return _disconnect_reason(message.get("code"))
         data: bytes | None = message.get("bytes")
         text: str | None = message.get("text")
         size = len(data) if data is not None else len((text or "").encode())
@@ -146,6 +151,11 @@ async def _read_loop(ws: WebSocket, session: Session, max_bytes: int) -> str:
                     return "client_closed"
             except SessionError as exc:
                 await session.error(exc.code, exc.message)
+
+
+def _disconnect_reason(code: int | None) -> str:
+    # uvicorn closes every socket with 1012 (service restart) when the server is told to stop.
+    return "server_shutdown" if code == CLOSE_SERVICE_RESTART else "client_disconnected"
 
 
 async def _dispatch(session: Session, event: Any) -> str | None:

@@ -30,7 +30,7 @@ class OutputPacer:
         self,
         outbox: Outbox,
         lead_ms: int = 200,
-        on_release: Callable[[str, float], None] | None = None,
+        on_release: Callable[[str, float, bytes], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.outbox = outbox
@@ -117,7 +117,7 @@ class OutputPacer:
             self.released_ms[frame.response_id] = self.released_ms.get(frame.response_id, 0.0) + frame.ms
             generation = self.outbox.generation
             if self._on_release is not None:
-                self._on_release(frame.response_id, frame.ms)
+                self._on_release(frame.response_id, frame.ms, frame.payload)
             await self.outbox.put_audio(OutAudio(frame.payload, frame.response_id, frame.ms, generation))
             self._update_room()
 

@@ -13,7 +13,8 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from engines.base import GenerationOptions
 from pipeline.audio import pcm16_to_float
@@ -22,6 +23,7 @@ from pipeline.frames import EndOfResponse, Frame, TTSAudio
 from pipeline.outbox import Outbox
 from pipeline.pacer import OutputPacer
 from pipeline.processor import Chain
+from pipeline.recording import SessionRecording
 from pipeline.response import ClauseAggregator, Response, TextNormalizer, TTSStage, llm_source, new_id
 from pipeline.runtime import Runtime
 from pipeline.text import only_fillers
@@ -71,6 +73,7 @@ class SessionConfig:
     speculative_response: bool = True
     history_messages: int = 16  # past user/assistant messages the LLM sees
     transport: str = "websocket"
+    recording_dir: str | None = None  # when set, caller and agent audio go to <dir>/<session id>/*.wav
 
 
 @dataclass
@@ -87,6 +90,12 @@ class TurnRecord:
     interrupted: bool = False
     resumed: bool = False
     timings: dict[str, float | None] = field(default_factory=dict)
+
+
+class SessionRecorder(Protocol):
+    """Told whenever a session or one of its turns changed (storage listens; it must not block)."""
+
+    def changed(self, session: Session, turn: TurnRecord | None = None) -> None: ...
 
 
 @dataclass
@@ -109,13 +118,25 @@ class _Run:
 class Session:
     """One caller's conversation over any transport."""
 
-    def __init__(self, runtime: Runtime, config: SessionConfig) -> None:
+    def __init__(
+        self, runtime: Runtime, config: SessionConfig, recorder: SessionRecorder | None = None
+    ) -> None:
         self.id = new_id("sess")
         self.rt = runtime
         self.config = config
+        self.recorder = recorder
         self.created_at = time.time()
         self.closed_at: float | None = None
         self.close_reason: str | None = None
+        self.caller: str | None = None  # who: remote address, phone number or SIP URI
+        self.flow_id: str | None = None
+        self.flow_version: int | None = None
+        self.outcome: str | None = None
+        self.recording = (
+            SessionRecording(Path(config.recording_dir) / self.id, config.output_rate, config.output_encoding)
+            if config.recording_dir
+            else None
+        )
         self.outbox = Outbox()
         self.pacer = OutputPacer(self.outbox, config.lead_ms, on_release=self._on_release)
         self.history: list[dict[str, Any]] = [{"role": "system", "content": config.instructions}]
@@ -146,6 +167,9 @@ class Session:
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.recording is not None:
+            await self.recording.start()
+        self._record()
         self.pacer.start()
         self._loops = [
             asyncio.create_task(self._input_loop(), name=f"{self.id}-input"),
@@ -172,6 +196,11 @@ class Session:
             if task is not None and task is not current and not task.done():
                 task.cancel()
         await self.pacer.close()
+        if self.recording is not None:
+            await self.recording.close()
+        for turn in self.turns:
+            self._record(turn)
+        self._record()
         await self.emit("session.closed", reason=reason)
         await self.outbox.close()
 
@@ -209,7 +238,10 @@ class Session:
     def push_audio(self, data: bytes) -> None:
         """Caller audio in the session's wire format. Never blocks; overflow is reported, not hidden."""
         self.last_activity = time.monotonic()
-        lost = self._backlog.write(self._decoder.decode(data))
+        pcm = self._decoder.decode(data)
+        if self.recording is not None:
+            self.recording.caller(pcm)
+        lost = self._backlog.write(pcm)
         if lost:
             self.rt.metrics.dropped_input.inc(lost / 2 / 16000)
             if not self._overrun_reported:
@@ -431,6 +463,7 @@ class Session:
 
     async def _begin_turn(self, turn: TurnRecord, speech_end: float | None = None) -> None:
         self.turns.append(turn)
+        self._record(turn)
         self.history.append({"role": "user", "content": turn.user_text})
         await self._start_response(turn, self._context(), speech_end=speech_end)
 
@@ -508,6 +541,7 @@ class Session:
         """The turn ended as guessed: the held answer becomes the real one, with everything it made so far."""
         await self._cancel_run(self._run)
         self.turns.append(run.turn)
+        self._record(run.turn)
         self.history.append({"role": "user", "content": run.turn.user_text})
         self._run = run
         run.turn.response_id = run.response.id
@@ -546,6 +580,7 @@ class Session:
         if text:
             response.history_entry = {"role": "assistant", "content": text}
             self.history.append(response.history_entry)
+        self._record(run.turn)
         await self.emit("response.text.done", response_id=response.id, text=text)
 
     def _timings(self, run: _Run) -> dict[str, float | None]:
@@ -582,7 +617,9 @@ class Session:
         if isinstance(frame, EndOfResponse):
             self._check_audio_done(run)
 
-    def _on_release(self, response_id: str, ms: float) -> None:
+    def _on_release(self, response_id: str, ms: float, payload: bytes) -> None:
+        if self.recording is not None:
+            self.recording.agent(payload)
         run = self._runs.get(response_id)
         if run is None:
             return
@@ -607,6 +644,7 @@ class Session:
             return
         response.audio_done_sent = True
         run.turn.heard_text = response.full_text()
+        self._record(run.turn)
         self._spawn(self._finish_audio(run))
 
     async def _finish_audio(self, run: _Run) -> None:
@@ -652,6 +690,7 @@ class Session:
         heard = response.heard_text(played)
         run.turn.heard_text, run.turn.interrupted = heard, True
         run.turn.response_text = response.full_text()
+        self._record(run.turn)
         self._record_heard(response, heard)
         self.rt.metrics.interruptions.labels(reason).inc()
         await self.emit(
@@ -718,6 +757,13 @@ class Session:
 
     # -- inspection -----------------------------------------------------------------------------------------
 
+    def _record(self, turn: TurnRecord | None = None) -> None:
+        if self.recorder is not None:
+            try:
+                self.recorder.changed(self, turn)
+            except Exception:  # storage trouble must never break a conversation
+                log.exception("session recorder failed")
+
     def queue_depths(self) -> dict[str, float]:
         """How full each of this session's bounded queues is (for /metrics and tests)."""
         chains = [run.chain for run in (self._run, self._held) if run is not None and run.chain is not None]
@@ -736,6 +782,11 @@ class Session:
             "closed_at": self.closed_at,
             "close_reason": self.close_reason,
             "live": not self.closed.is_set(),
+            "caller": self.caller,
+            "flow_id": self.flow_id,
+            "flow_version": self.flow_version,
+            "outcome": self.outcome,
+            "turn_count": len(self.turns),
             "dropped_input_ms": round(self.dropped_input_s * 1000),
             "turns": [asdict(t) for t in self.turns],
             "dtmf": list(self.dtmf_digits),

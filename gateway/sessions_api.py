@@ -1,0 +1,91 @@
+"""``GET /v1/sessions``, ``GET /v1/sessions/{id}`` and ``DELETE /v1/sessions/{id}``: storage plus live state."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from storage.store import BadCursor, SessionQuery
+
+
+class SessionListParams(BaseModel):
+    """Query parameters of ``GET /v1/sessions``; times are epoch seconds."""
+
+    since: float | None = None
+    until: float | None = None
+    flow: str | None = Field(None, max_length=128)
+    transport: str | None = Field(None, max_length=32)
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = Field(None, max_length=512)
+
+    model_config = {"extra": "forbid"}
+
+
+def _app_state(request: Request) -> Any:
+    return request.app.state.voxgate
+
+
+def _store(request: Request) -> Any:
+    store = _app_state(request).store
+    if store is None:
+        raise HTTPException(503, "storage is not open yet")
+    return store
+
+
+async def list_sessions(request: Request) -> Response:
+    try:
+        params = SessionListParams.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+    query = SessionQuery(
+        params.since, params.until, params.flow, params.transport, params.limit, params.cursor
+    )
+    try:
+        rows, next_cursor = await _store(request).list_sessions(query)
+    except BadCursor as exc:
+        return JSONResponse({"detail": [{"loc": ["cursor"], "msg": str(exc), "type": "value_error"}]}, 422)
+    # Live sessions are stored as they go; overlay what they know now (turns still being spoken).
+    live = _app_state(request).sessions.live
+    rows = [_live_summary(live[r["session_id"]]) if r["session_id"] in live else r for r in rows]
+    return JSONResponse({"sessions": rows, "next_cursor": next_cursor})
+
+
+async def get_session(request: Request) -> Response:
+    session_id = request.path_params["session_id"]
+    session = _app_state(request).sessions.get(session_id)
+    if session is not None:
+        return JSONResponse(session.snapshot())
+    detail = await _store(request).get_session(session_id)
+    if detail is None:
+        raise HTTPException(404, "no such session")
+    return JSONResponse(detail)
+
+
+async def delete_session(request: Request) -> Response:
+    """Delete a session with its turns and recordings; a live one is ended first (reason ``deleted``)."""
+    state = _app_state(request)
+    session_id = request.path_params["session_id"]
+    in_memory = state.sessions.get(session_id)
+    if in_memory is not None:
+        await in_memory.close("deleted")  # no-op if it already ended
+    was_known = state.sessions.forget(session_id)
+    deleted = await _store(request).delete_session(session_id)
+    if in_memory is not None and in_memory.recording is not None:
+        # Its recording rows may still be queued (the queue drops them now): remove the files themselves.
+        await asyncio.to_thread(shutil.rmtree, in_memory.recording.directory, True)
+    if not (deleted or was_known):
+        raise HTTPException(404, "no such session")
+    return Response(status_code=204)
+
+
+def _live_summary(session: Any) -> dict[str, Any]:
+    snapshot = session.snapshot()
+    snapshot.pop("turns", None)
+    return snapshot

@@ -1,0 +1,140 @@
+"""The schema. Alembic migrations in ``storage/migrations`` create exactly these tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# Times are epoch seconds (float): the same in SQLite and PostgreSQL, and what the API returns.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("transport", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("closed_at", Float),
+    Column("close_reason", String(64)),
+    Column("caller", String(255)),  # who: remote address, phone number or SIP URI
+    Column("flow_id", String(128)),
+    Column("flow_version", Integer),
+    Column("outcome", String(64)),  # how the conversation ended for the business (flow end reason, ...)
+    Column("dropped_input_ms", Integer, nullable=False, default=0),
+    Column("turn_count", Integer, nullable=False, default=0),
+    Column("extra", JSON, nullable=False, default=dict),
+)
+Index("ix_sessions_created_at", sessions.c.created_at)
+Index("ix_sessions_flow_id", sessions.c.flow_id)
+Index("ix_sessions_transport", sessions.c.transport)
+
+turns = Table(
+    "turns",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("user_text", Text, nullable=False, default=""),
+    Column("response_id", String(64)),
+    Column("response_text", Text, nullable=False, default=""),
+    Column("heard_text", Text, nullable=False, default=""),
+    Column("interrupted", Boolean, nullable=False, default=False),
+    Column("resumed", Boolean, nullable=False, default=False),
+    Column("timings", JSON, nullable=False, default=dict),
+)
+Index("ix_turns_session_seq", turns.c.session_id, turns.c.seq)
+
+calls = Table(
+    "calls",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the provider's call id (Twilio CallSid)
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE")),
+    Column("provider", String(32), nullable=False),
+    Column("direction", String(16), nullable=False),
+    Column("from_number", String(64)),
+    Column("to_number", String(64)),
+    Column("status", String(32)),
+    Column("created_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Column("extra", JSON, nullable=False, default=dict),
+)
+Index("ix_calls_session_id", calls.c.session_id)
+
+recordings = Table(
+    "recordings",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("kind", String(32), nullable=False),  # caller, agent, mixed, provider
+    Column("format", String(16), nullable=False),
+    Column("sample_rate", Integer),
+    Column("duration_s", Float),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_recordings_session_id", recordings.c.session_id)
+
+flows = Table(
+    "flows",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("version", Integer, nullable=False),  # the current version
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+flow_versions = Table(
+    "flow_versions",
+    metadata,
+    Column("flow_id", String(128), ForeignKey("flows.id", ondelete="CASCADE"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("document", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("request", JSON, nullable=False, default=dict),
+    Column("result", JSON),
+    Column("error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+)
+Index("ix_jobs_created_at", jobs.c.created_at)
+
+# Rows the write queue may upsert, by table name, with their key columns.
+UPSERT_KEYS: dict[str, tuple[str, ...]] = {
+    "sessions": ("id",),
+    "turns": ("id",),
+    "calls": ("id",),
+    "recordings": ("id",),
+    "jobs": ("id",),
+}
+
+
+def table(name: str) -> Table:
+    return metadata.tables[name]
+
+
+def row_key(name: str, row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(row[column] for column in UPSERT_KEYS[name])
