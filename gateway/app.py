@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from flows import HttpTool, example_flows
+from gateway import flows_api
 from gateway.auth import Auth
 from gateway.engines import build_runtime
 from gateway.records import StoreRecorder
@@ -47,6 +49,7 @@ class AppState:
         self.load_error: str | None = None
         self.lag = LoopLagMonitor()
         self.store: Store | None = None
+        self.flow_http = HttpTool(settings.flow_http_allowlist, settings.flow_secrets)
         self.recorder: StoreRecorder | None = None
 
     async def open_store(self) -> None:
@@ -54,6 +57,9 @@ class AppState:
             self.settings.storage_url(), write_interval_s=self.settings.storage_write_interval_s
         )
         self.recorder = StoreRecorder(self.store.writer)
+        if self.store.fresh and self.settings.load_example_flows:
+            for document in example_flows():
+                await self.store.save_flow(document["id"], document["name"], document)
 
     async def close_store(self) -> None:
         if self.store is not None:
@@ -205,6 +211,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         Route("/v1/sessions/{session_id}", get_session),
         Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
         Route("/v1/voices", list_voices),
+        Route("/v1/flows", flows_api.list_flows),
+        Route("/v1/flows", flows_api.create_flow, methods=["POST"]),
+        Route("/v1/flows/schema", flows_api.flow_schema),
+        Route("/v1/flows/generate", flows_api.generate_flow, methods=["POST"]),
+        Route("/v1/flows/{flow_id}", flows_api.get_flow),
+        Route("/v1/flows/{flow_id}", flows_api.update_flow, methods=["PUT"]),
+        Route("/v1/flows/{flow_id}", flows_api.delete_flow, methods=["DELETE"]),
+        Route("/v1/flows/{flow_id}/versions", flows_api.flow_versions),
         WebSocketRoute("/v1/voice", voice_endpoint),
     ]
     app = Starlette(

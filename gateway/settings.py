@@ -61,6 +61,19 @@ class Settings(BaseSettings):
     )
     retention_interval_s: float = Field(3600.0, gt=0, description="how often the retention sweep runs")
 
+    # flows
+    flow_secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description='values for {{ secrets.NAME }} in http nodes, as JSON: {"BOOKING_TOKEN": "..."}',
+    )
+    flow_http_allowlist: list[str] = Field(
+        default_factory=list,
+        description='hosts http nodes may call, as JSON: ["api.example.com", "*.example.org"] (empty: none)',
+    )
+    load_example_flows: bool = Field(
+        True, description="store the shipped example flows when the database is new"
+    )
+
     # sessions
     max_sessions: int = Field(
         32, ge=1, description="more WebSocket sessions are refused with close code 1013"

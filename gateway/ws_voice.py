@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.protocol import (
     InputAudioCommit,
     InputDtmf,
@@ -68,6 +69,13 @@ async def voice_endpoint(ws: WebSocket) -> None:
     if not state.ready.is_set():
         await _refuse(ws, "not_ready", "models are still loading; try again shortly", CLOSE_TRY_AGAIN)
         return
+    flow = None
+    if ws.query_params.get("flow"):
+        try:
+            flow = await load_stored_flow(state, ws.query_params["flow"], ws.query_params.get("flow_version"))
+        except FlowNotAvailable as exc:
+            await _refuse(ws, exc.code, exc.message, CLOSE_POLICY)
+            return
     if not state.sessions.try_reserve():
         state.runtime.metrics.sessions_refused.inc()
         await _refuse(ws, "server_busy", "the gateway is at max_sessions; try again later", CLOSE_TRY_AGAIN)
@@ -78,6 +86,8 @@ async def voice_endpoint(ws: WebSocket) -> None:
     session = Session(state.runtime, config, recorder=state.recorder)
     if ws.client is not None:
         session.caller = f"{ws.client.host}:{ws.client.port}"
+    if flow is not None:
+        attach_flow(session, state, flow)
     state.sessions.add(session)
     state.runtime.metrics.active_sessions.labels("websocket").inc()
     try:

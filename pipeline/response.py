@@ -7,6 +7,7 @@ whole.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -59,6 +60,7 @@ class Response:
     t_first_tts_request: float | None = None
     t_first_tts_audio: float | None = None
     t_first_release: float | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # heard to the end, cut, or dropped
 
     def add_audio(self, clause_index: int, display: str, ms: float) -> None:
         segment = self.segments.get(clause_index)

@@ -92,6 +92,24 @@ class TurnRecord:
     timings: dict[str, float | None] = field(default_factory=dict)
 
 
+class TurnAgent(Protocol):
+    """Decides what the agent says in place of the session's own LLM answer (a flow runner, for one).
+
+    The session calls these from background tasks, in order; the agent answers through
+    :meth:`Session.speak`, :meth:`Session.emit` and :meth:`Session.close`.
+    """
+
+    async def start(self) -> None: ...
+
+    async def user_turn(self, turn: TurnRecord) -> None: ...
+
+    async def dtmf(self, digit: str) -> None: ...
+
+    def caller_active(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class SessionRecorder(Protocol):
     """Told whenever a session or one of its turns changed (storage listens; it must not block)."""
 
@@ -125,6 +143,7 @@ class Session:
         self.rt = runtime
         self.config = config
         self.recorder = recorder
+        self.agent: TurnAgent | None = None
         self.created_at = time.time()
         self.closed_at: float | None = None
         self.close_reason: str | None = None
@@ -160,6 +179,7 @@ class Session:
         self._t_speech_end: float | None = None
         self._stt_ms: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._agent_chain: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
         self.last_activity = time.monotonic()
         self.closed = asyncio.Event()
@@ -181,6 +201,8 @@ class Session:
             input_audio={"sample_rate": self.config.input_rate, "encoding": self.config.input_encoding},
             output_audio={"sample_rate": self.config.output_rate, "encoding": self.config.output_encoding},
         )
+        if self.agent is not None:
+            self.agent_step(self.agent.start())
 
     async def close(self, reason: str = "client_closed") -> None:
         """End the session: stop work, tell the client why, and let the outbox drain."""
@@ -190,6 +212,8 @@ class Session:
         self.close_reason = reason
         self.closed_at = time.time()
         current = asyncio.current_task()
+        if self.agent is not None:
+            await self.agent.close()
         await self._cancel_speculation()
         await self._cancel_run(self._run)
         for task in [*self._loops, *self._tasks, self._speculative, self._partial_task]:
@@ -278,6 +302,9 @@ class Session:
         self.last_activity = time.monotonic()
         self.dtmf_digits.append(digit)
         await self.emit("dtmf.received", digit=digit)
+        if self.agent is not None:
+            self.agent.caller_active()
+            self.agent_step(self.agent.dtmf(digit))
 
     def ack_played(self, response_id: str, ms: float) -> None:
         """The client has played ``ms`` of a response: the most reliable measure of what was heard."""
@@ -345,6 +372,8 @@ class Session:
         if event.kind == "started":
             self._overlapped_agent = self._agent_speaking()
             self._last_partial_ms = 0
+            if self.agent is not None:
+                self.agent.caller_active()
             await self.emit("speech.started")
         elif event.kind == "interrupt":
             if self._agent_speaking():
@@ -392,7 +421,8 @@ class Session:
         critical path.
         """
         text = await self._transcribe(pcm)
-        if self.config.speculative_response and self._run is None and not only_fillers(text):
+        speculate = self.config.speculative_response and self.agent is None
+        if speculate and self._run is None and not only_fillers(text):
             turn = TurnRecord(new_id("turn"), "voice", text)
             turn.timings["stt_ms"] = self._stt_ms
             messages = [*self._context(), {"role": "user", "content": text}]
@@ -464,8 +494,42 @@ class Session:
     async def _begin_turn(self, turn: TurnRecord, speech_end: float | None = None) -> None:
         self.turns.append(turn)
         self._record(turn)
+        if self.agent is not None:
+            self.agent.caller_active()
+            self.agent_step(self.agent.user_turn(turn))
+            return
         self.history.append({"role": "user", "content": turn.user_text})
         await self._start_response(turn, self._context(), speech_end=speech_end)
+
+    async def speak(self, turn: TurnRecord, text: str) -> Response:
+        """Say ``text`` as the agent's answer to ``turn`` (no LLM): streamed, paced and interruptible like
+        any answer. ``response.finished`` is set once the caller has heard it, or it was cut or dropped."""
+        if not any(t is turn for t in self.turns):
+            self.turns.append(turn)
+            self._record(turn)
+        await self._start_response(turn, [], spoken_prefix=text, fixed_text=True)
+        assert self._run is not None
+        return self._run.response
+
+    def agent_step(self, coro: Coroutine[Any, Any, None]) -> None:
+        # One agent step at a time, in arrival order: a DTMF key must not overtake the turn before it.
+        previous = self._agent_chain
+
+        async def step() -> None:
+            if previous is not None:
+                with contextlib.suppress(BaseException):
+                    await previous
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("agent step failed")
+                await self.error("agent_failed", f"the agent could not go on: {exc}")
+
+        self._agent_chain = asyncio.create_task(step())
+        self._tasks.add(self._agent_chain)
+        self._agent_chain.add_done_callback(self._tasks.discard)
 
     async def _start_response(
         self,
@@ -476,6 +540,7 @@ class Session:
         spoken_prefix: str = "",
         resumed: Response | None = None,
         held: bool = False,
+        fixed_text: bool = False,
     ) -> None:
         if not held:
             await self._cancel_run(self._run)
@@ -483,8 +548,9 @@ class Session:
         if resumed is not None:
             response.resumed_from = resumed.id
             response.heard_prefix = resumed.heard_before(resumed.acked_ms or 0.0)
-        response.llm_done = resumed is not None and (
-            resumed.llm_done or not self.rt.llm.capabilities.continues_assistant_prefix
+        response.llm_done = fixed_text or (
+            resumed is not None
+            and (resumed.llm_done or not self.rt.llm.capabilities.continues_assistant_prefix)
         )
         wire = WireEncoder(self.rt.tts.sample_rate, self.config.output_rate, self.config.output_encoding)
         run = _Run(response, turn, wire, held=held, speech_end=speech_end)
@@ -656,10 +722,12 @@ class Session:
         if self._run is run:
             self._run = None
             self._resume_candidate = None
+        run.response.finished.set()
 
     async def _cancel_run(self, run: _Run | None) -> None:
         if run is None:
             return
+        run.response.finished.set()
         if self._run is run:
             self._run = None
         if self._held is run:

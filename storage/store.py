@@ -41,13 +41,17 @@ class Store:
     def __init__(self, engine: AsyncEngine, write_interval_s: float = 0.2) -> None:
         self.engine = engine
         self.writer = WriteQueue(engine, write_interval_s)
+        self.fresh = False  # True when this open created the schema (a new database)
 
     @classmethod
     async def open(cls, url: str, *, write_interval_s: float = 0.2, migrate_schema: bool = True) -> Store:
         engine = open_engine(url)
+        fresh = False
         if migrate_schema:
+            fresh = await migrate.current_revision(engine) is None
             await migrate.upgrade(engine)
         store = cls(engine, write_interval_s)
+        store.fresh = fresh
         store.writer.start()
         return store
 

@@ -1,0 +1,165 @@
+"""Runs a flow inside a session: the session's :class:`TurnAgent` and the runner's :class:`FlowHost`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+from flows.http_tool import HttpTool
+from flows.runner import CompleteFn, FlowRunner
+from flows.schema import Flow
+from pipeline.response import Response, new_id
+from pipeline.session import Session, TurnRecord
+
+
+class FlowAgent:
+    """Feeds the caller's turns, keys and silences to a :class:`FlowRunner` and speaks what it says.
+
+    What the runner says during one step is spoken as one answer (so "Got it. What time?" is one response
+    that a barge-in cuts as a whole). After the agent has been heard, a silence timer runs while the flow
+    waits for the caller; any caller activity stops it. ``end`` and ``transfer`` close the session once
+    the goodbye or hand-off has been heard.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        flow: Flow,
+        *,
+        complete: CompleteFn | None,
+        http: HttpTool,
+        variables: dict[str, Any] | None = None,
+    ) -> None:
+        self.session = session
+        self.runner = FlowRunner(flow, self, complete=complete, http=http, variables=variables)
+        self._said: list[str] = []
+        self._ending: str | None = None
+        self._turn: TurnRecord | None = None
+        self._silence: asyncio.Task[None] | None = None
+        self._deadline: asyncio.Task[None] | None = None
+
+    # -- TurnAgent: what the session tells us -------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._turn = TurnRecord(new_id("turn"), "agent", "")
+        await self.runner.start()
+        self._deadline = asyncio.create_task(self._watch_deadline())
+        await self._speak_step()
+
+    async def user_turn(self, turn: TurnRecord) -> None:
+        self._turn = turn
+        await self.runner.on_user_text(turn.user_text)
+        await self._speak_step()
+
+    async def dtmf(self, digit: str) -> None:
+        self._turn = TurnRecord(new_id("turn"), "dtmf", digit)
+        await self.runner.on_dtmf(digit)
+        await self._speak_step()
+
+    def caller_active(self) -> None:
+        if self._silence is not None:
+            self._silence.cancel()
+            self._silence = None
+
+    async def close(self) -> None:
+        self.caller_active()
+        if self._deadline is not None and self._deadline is not asyncio.current_task():
+            self._deadline.cancel()
+        if not self.runner.ended:
+            await self.runner.cancel("caller_hangup")
+        self.session.outcome = self.session.outcome or self.runner.end_reason
+
+    # -- FlowHost: what the runner tells us ---------------------------------------------------------------
+
+    async def say(self, text: str) -> None:
+        self._said.append(text)
+
+    async def emit(self, type: str, **fields: Any) -> None:
+        await self.session.emit(type, **fields)
+
+    async def end(self, reason: str) -> None:
+        self._ending = reason
+
+    async def transfer(self, target: str, handoff: str) -> None:
+        # Over WebSocket there is no call to hand over: the client is told where, then the session ends.
+        if handoff:
+            self._said.append(handoff)
+        await self.session.emit("flow.transfer", target=target)
+        self._ending = "transfer"
+
+    # -- steps ----------------------------------------------------------------------------------------------
+
+    async def _speak_step(self) -> None:
+        text, self._said = " ".join(self._said).strip(), []
+        response: Response | None = None
+        if text and self._turn is not None:
+            response = await self.session.speak(self._turn, text)
+        if self._ending is not None:
+            if response is not None:
+                await response.finished.wait()
+            self.session.outcome = self._ending
+            await self.session.close("flow_ended")
+        elif self.runner.awaiting_input:
+            self._silence = asyncio.create_task(self._silence_timer(response))
+
+    async def _silence_timer(self, response: Response | None) -> None:
+        if response is not None:
+            await response.finished.wait()
+        await asyncio.sleep(self.runner.silence_timeout_s)
+        self._silence = None
+        self.session.agent_step(self._reprompt())
+
+    async def _reprompt(self) -> None:
+        self._turn = TurnRecord(new_id("turn"), "silence", "")
+        await self.runner.on_silence()
+        await self._speak_step()
+
+    async def _watch_deadline(self) -> None:
+        deadline = self.runner.deadline
+        if deadline is None:
+            return
+        await asyncio.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()))
+        self.session.agent_step(self._deadline_step())
+
+    async def _deadline_step(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            if await self.runner.check_deadline():
+                await self._speak_step()
+
+
+class FlowNotAvailable(Exception):
+    """The flow a caller asked for cannot run: ``code`` is the stable error code for the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+async def load_stored_flow(state: Any, flow_id: str, version: str | None = None) -> Flow:
+    """The stored flow (latest or a given version), validated against this server's secrets now."""
+    from flows import FlowValidationError, load_flow
+
+    if version is not None and not version.isdigit():
+        raise FlowNotAvailable("invalid_flow", "flow_version must be a positive integer")
+    document = await state.store.get_flow(flow_id, int(version) if version else None)
+    if document is None:
+        raise FlowNotAvailable(
+            "unknown_flow", f"no flow {flow_id!r}" + (f" version {version}" if version else "")
+        )
+    try:
+        return load_flow(document, known_secrets=state.settings.flow_secrets.keys())
+    except FlowValidationError as exc:
+        raise FlowNotAvailable("invalid_flow", str(exc)) from exc
+
+
+def attach_flow(session: Session, state: Any, flow: Flow) -> FlowAgent:
+    """Make ``flow`` the session's agent (before ``session.start()``)."""
+    from gateway.flow_llm import engine_complete
+
+    agent = FlowAgent(session, flow, complete=engine_complete(state.runtime), http=state.flow_http)
+    session.agent = agent
+    session.flow_id, session.flow_version = flow.id, flow.version
+    return agent

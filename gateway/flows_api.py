@@ -1,0 +1,151 @@
+"""``/v1/flows``: create, read, update (new versions), delete, JSON Schema, and AI drafts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from flows import FlowValidationError, draft_flow, flow_json_schema, load_flow
+from flows.schema import Flow
+from gateway.flow_llm import engine_complete
+
+
+class DraftRequest(BaseModel):
+    """Body of ``POST /v1/flows/generate``."""
+
+    description: str = Field(min_length=3, max_length=2000)
+    max_tokens: int = Field(900, ge=200, le=4000)
+
+    model_config = {"extra": "forbid"}
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.voxgate
+
+
+def _store(request: Request) -> Any:
+    store = _state(request).store
+    if store is None:
+        raise HTTPException(503, "storage is not open yet")
+    return store
+
+
+def check_flow(state: Any, document: Any) -> Flow:
+    """Validate a flow document against this server's secrets; raises FlowValidationError."""
+    return load_flow(document, known_secrets=state.settings.flow_secrets.keys())
+
+
+def _invalid(issues: list[dict[str, Any]]) -> JSONResponse:
+    return JSONResponse({"detail": issues}, status_code=422)
+
+
+async def _validated(request: Request) -> tuple[dict[str, Any], Flow] | JSONResponse:
+    raw = await request.body()
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:
+        return _invalid(
+            [{"node": None, "field": "", "code": "invalid_json", "message": f"not valid JSON: {exc}"}]
+        )
+    try:
+        flow = check_flow(_state(request), document)
+    except FlowValidationError as exc:
+        return _invalid(exc.to_dicts())
+    return document, flow
+
+
+async def flow_schema(request: Request) -> Response:
+    return JSONResponse(flow_json_schema())
+
+
+async def list_flows(request: Request) -> Response:
+    return JSONResponse({"flows": await _store(request).list_flows()})
+
+
+async def create_flow(request: Request) -> Response:
+    checked = await _validated(request)
+    if isinstance(checked, JSONResponse):
+        return checked
+    document, flow = checked
+    store = _store(request)
+    if await store.get_flow(flow.id) is not None:
+        raise HTTPException(409, f"flow {flow.id!r} exists; PUT /v1/flows/{flow.id} stores a new version")
+    version = await store.save_flow(flow.id, flow.name, document)
+    return JSONResponse({"id": flow.id, "version": version}, status_code=201)
+
+
+async def get_flow(request: Request) -> Response:
+    flow_id = request.path_params["flow_id"]
+    version = request.query_params.get("version")
+    if version is not None and not version.isdigit():
+        return _invalid(
+            [{"loc": ["version"], "msg": "version must be a positive integer", "type": "int_parsing"}]
+        )
+    document = await _store(request).get_flow(flow_id, int(version) if version else None)
+    if document is None:
+        raise HTTPException(404, "no such flow" if version is None else "no such flow version")
+    return JSONResponse(document)
+
+
+async def flow_versions(request: Request) -> Response:
+    flow_id = request.path_params["flow_id"]
+    versions = await _store(request).flow_versions(flow_id)
+    if not versions:
+        raise HTTPException(404, "no such flow")
+    return JSONResponse({"id": flow_id, "versions": versions})
+
+
+async def update_flow(request: Request) -> Response:
+    flow_id = request.path_params["flow_id"]
+    checked = await _validated(request)
+    if isinstance(checked, JSONResponse):
+        return checked
+    document, flow = checked
+    if flow.id != flow_id:
+        return _invalid(
+            [
+                {
+                    "node": None,
+                    "field": "id",
+                    "code": "id_mismatch",
+                    "message": f"body id {flow.id!r} is not {flow_id!r}",
+                }
+            ]
+        )
+    version = await _store(request).save_flow(flow.id, flow.name, document)
+    return JSONResponse({"id": flow.id, "version": version})
+
+
+async def delete_flow(request: Request) -> Response:
+    if not await _store(request).delete_flow(request.path_params["flow_id"]):
+        raise HTTPException(404, "no such flow")
+    return Response(status_code=204)
+
+
+async def generate_flow(request: Request) -> Response:
+    """Draft a flow from a description with the service's LLM, under a grammar from the flow schema.
+
+    The draft is repaired and fully validated, and returned, not saved: the user reviews it and saves it.
+    """
+    try:
+        body = DraftRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+    state = _state(request)
+    if state.runtime is None:
+        raise HTTPException(503, "models are still loading")
+    result = await draft_flow(body.description, engine_complete(state.runtime), max_tokens=body.max_tokens)
+    return JSONResponse(
+        {
+            "flow": result.flow,
+            "valid": result.valid,
+            "repairs": result.repairs,
+            "issues": [i.to_dict() for i in result.issues],
+        }
+    )
