@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from flows import FlowValidationError, draft_flow, flow_json_schema, load_flow
 from flows.schema import Flow
+from gateway.api_common import app_state, require_store, unprocessable, validation_detail
 from gateway.flow_llm import engine_complete
 
 
@@ -24,24 +25,9 @@ class DraftRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
 
-def _state(request: Request) -> Any:
-    return request.app.state.voxgate
-
-
-def _store(request: Request) -> Any:
-    store = _state(request).store
-    if store is None:
-        raise HTTPException(503, "storage is not open yet")
-    return store
-
-
 def check_flow(state: Any, document: Any) -> Flow:
     """Validate a flow document against this server's secrets; raises FlowValidationError."""
     return load_flow(document, known_secrets=state.settings.flow_secrets.keys())
-
-
-def _invalid(issues: list[dict[str, Any]]) -> JSONResponse:
-    return JSONResponse({"detail": issues}, status_code=422)
 
 
 async def _validated(request: Request) -> tuple[dict[str, Any], Flow] | JSONResponse:
@@ -49,13 +35,13 @@ async def _validated(request: Request) -> tuple[dict[str, Any], Flow] | JSONResp
     try:
         document = json.loads(raw)
     except ValueError as exc:
-        return _invalid(
+        return unprocessable(
             [{"node": None, "field": "", "code": "invalid_json", "message": f"not valid JSON: {exc}"}]
         )
     try:
-        flow = check_flow(_state(request), document)
+        flow = check_flow(app_state(request), document)
     except FlowValidationError as exc:
-        return _invalid(exc.to_dicts())
+        return unprocessable(exc.to_dicts())
     return document, flow
 
 
@@ -64,7 +50,7 @@ async def flow_schema(request: Request) -> Response:
 
 
 async def list_flows(request: Request) -> Response:
-    return JSONResponse({"flows": await _store(request).list_flows()})
+    return JSONResponse({"flows": await require_store(request).list_flows()})
 
 
 async def create_flow(request: Request) -> Response:
@@ -72,7 +58,7 @@ async def create_flow(request: Request) -> Response:
     if isinstance(checked, JSONResponse):
         return checked
     document, flow = checked
-    store = _store(request)
+    store = require_store(request)
     if await store.get_flow(flow.id) is not None:
         raise HTTPException(409, f"flow {flow.id!r} exists; PUT /v1/flows/{flow.id} stores a new version")
     version = await store.save_flow(flow.id, flow.name, document)
@@ -83,10 +69,10 @@ async def get_flow(request: Request) -> Response:
     flow_id = request.path_params["flow_id"]
     version = request.query_params.get("version")
     if version is not None and not version.isdigit():
-        return _invalid(
+        return unprocessable(
             [{"loc": ["version"], "msg": "version must be a positive integer", "type": "int_parsing"}]
         )
-    document = await _store(request).get_flow(flow_id, int(version) if version else None)
+    document = await require_store(request).get_flow(flow_id, int(version) if version else None)
     if document is None:
         raise HTTPException(404, "no such flow" if version is None else "no such flow version")
     return JSONResponse(document)
@@ -94,7 +80,7 @@ async def get_flow(request: Request) -> Response:
 
 async def flow_versions(request: Request) -> Response:
     flow_id = request.path_params["flow_id"]
-    versions = await _store(request).flow_versions(flow_id)
+    versions = await require_store(request).flow_versions(flow_id)
     if not versions:
         raise HTTPException(404, "no such flow")
     return JSONResponse({"id": flow_id, "versions": versions})
@@ -107,7 +93,7 @@ async def update_flow(request: Request) -> Response:
         return checked
     document, flow = checked
     if flow.id != flow_id:
-        return _invalid(
+        return unprocessable(
             [
                 {
                     "node": None,
@@ -117,12 +103,12 @@ async def update_flow(request: Request) -> Response:
                 }
             ]
         )
-    version = await _store(request).save_flow(flow.id, flow.name, document)
+    version = await require_store(request).save_flow(flow.id, flow.name, document)
     return JSONResponse({"id": flow.id, "version": version})
 
 
 async def delete_flow(request: Request) -> Response:
-    if not await _store(request).delete_flow(request.path_params["flow_id"]):
+    if not await require_store(request).delete_flow(request.path_params["flow_id"]):
         raise HTTPException(404, "no such flow")
     return Response(status_code=204)
 
@@ -135,9 +121,8 @@ async def generate_flow(request: Request) -> Response:
     try:
         body = DraftRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        return JSONResponse({"detail": detail}, status_code=422)
-    state = _state(request)
+        return validation_detail(exc)
+    state = app_state(request)
     if state.runtime is None:
         raise HTTPException(503, "models are still loading")
     result = await draft_flow(body.description, engine_complete(state.runtime), max_tokens=body.max_tokens)

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.api_common import app_state, require_store, unprocessable, validation_detail
 from storage.store import BadCursor, SessionQuery
 
 
@@ -27,42 +28,30 @@ class SessionListParams(BaseModel):
     model_config = {"extra": "forbid"}
 
 
-def _app_state(request: Request) -> Any:
-    return request.app.state.voxgate
-
-
-def _store(request: Request) -> Any:
-    store = _app_state(request).store
-    if store is None:
-        raise HTTPException(503, "storage is not open yet")
-    return store
-
-
 async def list_sessions(request: Request) -> Response:
     try:
         params = SessionListParams.model_validate(dict(request.query_params))
     except ValidationError as exc:
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        return JSONResponse({"detail": detail}, status_code=422)
+        return validation_detail(exc)
     query = SessionQuery(
         params.since, params.until, params.flow, params.transport, params.limit, params.cursor
     )
     try:
-        rows, next_cursor = await _store(request).list_sessions(query)
+        rows, next_cursor = await require_store(request).list_sessions(query)
     except BadCursor as exc:
-        return JSONResponse({"detail": [{"loc": ["cursor"], "msg": str(exc), "type": "value_error"}]}, 422)
+        return unprocessable([{"loc": ["cursor"], "msg": str(exc), "type": "value_error"}])
     # Live sessions are stored as they go; overlay what they know now (turns still being spoken).
-    live = _app_state(request).sessions.live
+    live = app_state(request).sessions.live
     rows = [_live_summary(live[r["session_id"]]) if r["session_id"] in live else r for r in rows]
     return JSONResponse({"sessions": rows, "next_cursor": next_cursor})
 
 
 async def get_session(request: Request) -> Response:
     session_id = request.path_params["session_id"]
-    session = _app_state(request).sessions.get(session_id)
+    session = app_state(request).sessions.get(session_id)
     if session is not None:
         return JSONResponse(session.snapshot())
-    detail = await _store(request).get_session(session_id)
+    detail = await require_store(request).get_session(session_id)
     if detail is None:
         raise HTTPException(404, "no such session")
     return JSONResponse(detail)
@@ -70,13 +59,13 @@ async def get_session(request: Request) -> Response:
 
 async def delete_session(request: Request) -> Response:
     """Delete a session with its turns and recordings; a live one is ended first (reason ``deleted``)."""
-    state = _app_state(request)
+    state = app_state(request)
     session_id = request.path_params["session_id"]
     in_memory = state.sessions.get(session_id)
     if in_memory is not None:
         await in_memory.close("deleted")  # no-op if it already ended
     was_known = state.sessions.forget(session_id)
-    deleted = await _store(request).delete_session(session_id)
+    deleted = await require_store(request).delete_session(session_id)
     if in_memory is not None and in_memory.recording is not None:
         # Its recording rows may still be queued (the queue drops them now): remove the files themselves.
         await asyncio.to_thread(shutil.rmtree, in_memory.recording.directory, True)

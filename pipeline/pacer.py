@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pipeline.aio import cancel_and_wait
 from pipeline.outbox import OutAudio, Outbox
 
 
@@ -122,9 +123,4 @@ class OutputPacer:
             self._update_room()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)

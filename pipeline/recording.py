@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.aio import cancel_and_wait
 from pipeline.audio import SAMPLE_WIDTH, mulaw_decode
 
 log = logging.getLogger("voxgate.recording")
@@ -111,12 +112,7 @@ class SessionRecording:
         if self._closed:
             return self.files
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         await self._flush()
         await asyncio.to_thread(self._close_files)
         return self.files

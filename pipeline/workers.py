@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from pipeline.aio import cancel_and_wait
+
 T = TypeVar("T")
 
 _STREAM_POLL_S = 0.05  # how often a producer thread blocked on a full queue re-checks for cancellation
@@ -223,11 +225,6 @@ class VadBatcher:
                     future.set_result(float(prob))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._executor.shutdown(wait=False, cancel_futures=True)

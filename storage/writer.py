@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pipeline.aio import cancel_and_wait
 from storage.engine import dialect_insert
 from storage.tables import UPSERT_KEYS, row_key, table
 
@@ -102,13 +103,8 @@ class WriteQueue:
             self.last_flush_s = time.perf_counter() - started
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for attempt in range(3):
             try:
                 await self.flush()
