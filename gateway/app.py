@@ -27,6 +27,9 @@ from gateway.records import StoreRecorder
 from gateway.sessions import SessionManager
 from gateway.sessions_api import delete_session, get_session, list_sessions
 from gateway.settings import Settings
+from gateway.twilio_control import TwilioSetup
+from gateway.twilio_media import twilio_media_endpoint
+from gateway.twilio_webhooks import call_status, incoming_call
 from gateway.ws_voice import voice_endpoint
 from pipeline.metrics import LoopLagMonitor
 from pipeline.runtime import Runtime
@@ -50,6 +53,9 @@ class AppState:
         self.lag = LoopLagMonitor()
         self.store: Store | None = None
         self.flow_http = HttpTool(settings.flow_http_allowlist, settings.flow_secrets)
+        self.twilio = TwilioSetup(settings)
+        if not self.twilio.enabled:
+            log.info(self.twilio.why_disabled)
         self.recorder: StoreRecorder | None = None
 
     async def open_store(self) -> None:
@@ -220,6 +226,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         Route("/v1/flows/{flow_id}", flows_api.delete_flow, methods=["DELETE"]),
         Route("/v1/flows/{flow_id}/versions", flows_api.flow_versions),
         WebSocketRoute("/v1/voice", voice_endpoint),
+        Route("/twilio/voice", incoming_call, methods=["POST"]),
+        Route("/twilio/status", call_status, methods=["POST"]),
+        WebSocketRoute("/twilio/media", twilio_media_endpoint),
     ]
     app = Starlette(
         routes=routes,

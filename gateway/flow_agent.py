@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from flows.http_tool import HttpTool
 from flows.runner import CompleteFn, FlowRunner
 from flows.schema import Flow
 from pipeline.response import Response, new_id
 from pipeline.session import Session, TurnRecord
+
+
+class CallControl(Protocol):
+    """Telephony's hold on the call: a phone transport passes one, the WebSocket none."""
+
+    async def transfer(self, target: str) -> None: ...
+
+    async def hang_up(self) -> None: ...
 
 
 class FlowAgent:
@@ -31,11 +39,14 @@ class FlowAgent:
         complete: CompleteFn | None,
         http: HttpTool,
         variables: dict[str, Any] | None = None,
+        call: CallControl | None = None,
     ) -> None:
         self.session = session
+        self.call = call
         self.runner = FlowRunner(flow, self, complete=complete, http=http, variables=variables)
         self._said: list[str] = []
         self._ending: str | None = None
+        self._transfer_to: str | None = None
         self._turn: TurnRecord | None = None
         self._silence: asyncio.Task[None] | None = None
         self._deadline: asyncio.Task[None] | None = None
@@ -83,11 +94,13 @@ class FlowAgent:
         self._ending = reason
 
     async def transfer(self, target: str, handoff: str) -> None:
-        # Over WebSocket there is no call to hand over: the client is told where, then the session ends.
+        # On a phone call the call itself moves once the hand-off was heard; over the WebSocket there is no
+        # call to hand over: the client is told where, then the session ends.
         if handoff:
             self._said.append(handoff)
         await self.session.emit("flow.transfer", target=target)
         self._ending = "transfer"
+        self._transfer_to = target
 
     # -- steps ----------------------------------------------------------------------------------------------
 
@@ -100,6 +113,11 @@ class FlowAgent:
             if response is not None:
                 await response.finished.wait()
             self.session.outcome = self._ending
+            if self.call is not None:
+                if self._transfer_to is not None:
+                    await self.call.transfer(self._transfer_to)
+                else:
+                    await self.call.hang_up()
             await self.session.close("flow_ended")
         elif self.runner.awaiting_input:
             self._silence = asyncio.create_task(self._silence_timer(response))
@@ -155,11 +173,11 @@ async def load_stored_flow(state: Any, flow_id: str, version: str | None = None)
         raise FlowNotAvailable("invalid_flow", str(exc)) from exc
 
 
-def attach_flow(session: Session, state: Any, flow: Flow) -> FlowAgent:
+def attach_flow(session: Session, state: Any, flow: Flow, call: CallControl | None = None) -> FlowAgent:
     """Make ``flow`` the session's agent (before ``session.start()``)."""
     from gateway.flow_llm import engine_complete
 
-    agent = FlowAgent(session, flow, complete=engine_complete(state.runtime), http=state.flow_http)
+    agent = FlowAgent(session, flow, complete=engine_complete(state.runtime), http=state.flow_http, call=call)
     session.agent = agent
     session.flow_id, session.flow_version = flow.id, flow.version
     return agent

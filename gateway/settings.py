@@ -76,18 +76,24 @@ class Settings(BaseSettings):
 
     # telephony (Twilio)
     public_url: str | None = Field(
-        None, description="https://host the world reaches this server at (TwiML stream URLs, signature checks)"
+        None,
+        description="https://host the world reaches this server at (TwiML stream URLs, signature checks)",
     )
     twilio_account_sid: str | None = None
-    twilio_auth_token: str | None = Field(None, description="checks X-Twilio-Signature; required for /twilio/*")
+    twilio_auth_token: str | None = Field(
+        None, description="checks X-Twilio-Signature; required for /twilio/*"
+    )
     twilio_insecure: bool = Field(
         False, description="serve /twilio/* without signature checks (local testing only; logged loudly)"
     )
     twilio_api_base_url: str | None = Field(None, description="Twilio REST API base URL (tests, proxies)")
     twilio_number_flows: dict[str, str] = Field(
-        default_factory=dict, description='which flow answers which called number, as JSON: {"+15551234567": "faq-agent"}'
+        default_factory=dict,
+        description='which flow answers which called number, as JSON: {"+15551234567": "faq-agent"}',
     )
-    twilio_default_flow: str | None = Field(None, description="flow for calls to numbers not in twilio_number_flows")
+    twilio_default_flow: str | None = Field(
+        None, description="flow for calls to numbers not in twilio_number_flows"
+    )
 
     # sessions
     max_sessions: int = Field(

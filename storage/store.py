@@ -15,10 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import migrate
 from storage.engine import open_engine
-from storage.tables import flow_versions, flows, jobs, recordings, sessions, turns
+from storage.tables import calls, flow_versions, flows, jobs, recordings, sessions, turns
 from storage.writer import WriteQueue
 
 log = logging.getLogger("voxgate.storage")
+
+
+FINAL_CALL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
 
 
 class BadCursor(ValueError):
@@ -193,6 +196,47 @@ class Store:
             await conn.execute(delete(flow_versions).where(flow_versions.c.flow_id == flow_id))
             result = await conn.execute(delete(flows).where(flows.c.id == flow_id))
         return result.rowcount > 0
+
+    # -- calls ----------------------------------------------------------------------------------------------
+
+    async def record_call_status(
+        self, call_sid: str, status: str, fields: dict[str, str], now: float
+    ) -> None:
+        """A provider's status callback: the call's status now, and its history in ``extra.statuses``."""
+        entry = {
+            "status": status,
+            "at": now,
+            **{k: fields[k] for k in ("AnsweredBy", "CallDuration") if k in fields},
+        }
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(select(calls).where(calls.c.id == call_sid))).first()
+            if row is None:
+                direction = "outbound" if fields.get("Direction", "").startswith("outbound") else "inbound"
+                await conn.execute(
+                    calls.insert().values(
+                        id=call_sid,
+                        provider="twilio",
+                        direction=direction,
+                        from_number=fields.get("From"),
+                        to_number=fields.get("To"),
+                        status=status,
+                        created_at=now,
+                        ended_at=now if status in FINAL_CALL_STATUSES else None,
+                        extra={"statuses": [entry]},
+                    )
+                )
+                return
+            extra = dict(row.extra or {})
+            extra["statuses"] = [*extra.get("statuses", []), entry]
+            values: dict[str, Any] = {"status": status, "extra": extra}
+            if status in FINAL_CALL_STATUSES:
+                values["ended_at"] = now
+            await conn.execute(calls.update().where(calls.c.id == call_sid).values(**values))
+
+    async def get_call(self, call_sid: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(calls).where(calls.c.id == call_sid))).first()
+        return dict(row._mapping) if row is not None else None
 
     # -- jobs -----------------------------------------------------------------------------------------------
 

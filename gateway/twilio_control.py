@@ -1,0 +1,96 @@
+"""Twilio's side of the gateway: who may call the Twilio routes, and live call control over the REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from telephony import twiml
+from telephony.signatures import TwilioSignatureChecker
+from telephony.twilio_rest import TwilioCalls
+
+log = logging.getLogger("voxgate.twilio")
+
+SIGNATURE_HEADER = "x-twilio-signature"
+
+
+class TwilioSetup:
+    """The Twilio routes' configuration, checked once at start-up."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.checker: TwilioSignatureChecker | None = None
+        self.enabled = True
+        self.why_disabled = ""
+        if settings.twilio_auth_token:
+            if not settings.public_url:
+                self.enabled = False
+                self.why_disabled = (
+                    "VOXGATE_PUBLIC_URL is not set: Twilio signs the public URL, so it is needed to check "
+                    "X-Twilio-Signature"
+                )
+            else:
+                self.checker = TwilioSignatureChecker(settings.twilio_auth_token, settings.public_url)
+        elif settings.twilio_insecure:
+            log.warning(
+                "Twilio routes are ON WITHOUT SIGNATURE CHECKS (VOXGATE_TWILIO_INSECURE=true): local testing only"
+            )
+        else:
+            self.enabled = False
+            self.why_disabled = (
+                "Twilio routes are off: set VOXGATE_TWILIO_AUTH_TOKEN and VOXGATE_PUBLIC_URL "
+                "(or VOXGATE_TWILIO_INSECURE=true for local testing without signature checks)"
+            )
+        self.calls: TwilioCalls | None = None
+        if settings.twilio_account_sid and settings.twilio_auth_token:
+            self.calls = TwilioCalls(
+                settings.twilio_account_sid,
+                settings.twilio_auth_token,
+                api_base_url=settings.twilio_api_base_url,
+            )
+
+
+def twilio_gate(
+    state: Any, path_and_query: str, headers: Mapping[str, str], form: Mapping[str, Any] | None
+) -> str | None:
+    """Why this Twilio request must be refused (403), or None to let it in. Never logs the token."""
+    setup: TwilioSetup = state.twilio
+    if not setup.enabled:
+        return setup.why_disabled
+    if setup.checker is None:
+        return None  # insecure mode, said loudly at start-up
+    signature = headers.get(SIGNATURE_HEADER)
+    ok = (
+        setup.checker.check_websocket(path_and_query, signature)
+        if form is None
+        else setup.checker.check_webhook(path_and_query, form, signature)
+    )
+    if ok:
+        return None
+    return "missing X-Twilio-Signature" if not signature else "X-Twilio-Signature does not match"
+
+
+class TwilioCallControl:
+    """Hang-up and transfer of one live call through Twilio's REST API (blocking calls run in a thread)."""
+
+    def __init__(self, state: Any, call_sid: str) -> None:
+        self.state = state
+        self.call_sid = call_sid
+
+    async def transfer(self, target: str) -> None:
+        calls = self._calls()
+        if calls is not None:
+            await asyncio.to_thread(calls.update_call, self.call_sid, twiml.transfer(target))
+
+    async def hang_up(self) -> None:
+        calls = self._calls()
+        if calls is not None:
+            await asyncio.to_thread(calls.hang_up, self.call_sid)
+
+    def _calls(self) -> TwilioCalls | None:
+        calls = self.state.twilio.calls
+        if calls is None:
+            log.error("call %s: no Twilio account SID configured; cannot control the call", self.call_sid)
+        return calls

@@ -1,0 +1,66 @@
+"""Twilio's webhooks: ``POST /twilio/voice`` (an incoming call) and ``POST /twilio/status`` (call progress)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.api_common import app_state
+from telephony import twiml
+from telephony.signatures import public_ws_url
+
+log = logging.getLogger("voxgate.twilio")
+
+TWIML = "application/xml"
+
+
+async def _checked_form(request: Request) -> tuple[dict[str, str], Response | None]:
+    from gateway.twilio_control import twilio_gate
+
+    form = await request.form()
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    refusal = twilio_gate(app_state(request), path, request.headers, form)
+    if refusal is not None:
+        log.warning("twilio webhook %s refused: %s", request.url.path, refusal)
+        return {}, JSONResponse({"detail": refusal}, status_code=403)
+    return {k: str(v) for k, v in form.items()}, None
+
+
+async def incoming_call(request: Request) -> Response:
+    """Answer with TwiML that connects the call's audio to ``/twilio/media`` (or rejects it when busy)."""
+    form, refused = await _checked_form(request)
+    if refused is not None:
+        return refused
+    state = app_state(request)
+    sessions = state.sessions
+    if not state.ready.is_set() or len(sessions.live) >= sessions.max_sessions:
+        return Response(twiml.reject_busy(), media_type=TWIML)
+    settings = state.settings
+    called = form.get("To", "")
+    flow = settings.twilio_number_flows.get(called) or settings.twilio_default_flow or ""
+    parameters = {"from": form.get("From", ""), "to": called, "call_sid": form.get("CallSid", "")}
+    if flow:
+        parameters["flow"] = flow
+    return Response(twiml.connect_stream(media_url(request), parameters), media_type=TWIML)
+
+
+async def call_status(request: Request) -> Response:
+    """Record Twilio's status callback (ringing, in-progress, completed, AnsweredBy, ...) against the call."""
+    form, refused = await _checked_form(request)
+    if refused is not None:
+        return refused
+    store = app_state(request).store
+    sid = form.get("CallSid")
+    if not sid or store is None:
+        return JSONResponse({"detail": "CallSid is required"}, status_code=422)
+    await store.record_call_status(sid, form.get("CallStatus", ""), form, time.time())
+    return Response(status_code=204)
+
+
+def media_url(request: Request) -> str:
+    """The URL Twilio should stream to: under the public URL setting, else this request's own host."""
+    public = app_state(request).settings.public_url or f"{request.url.scheme}://{request.url.netloc}"
+    return public_ws_url(public, "/twilio/media")
