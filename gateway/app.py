@@ -20,7 +20,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from flows import HttpTool, example_flows
-from gateway import flows_api
+from gateway import calls_api, flows_api
 from gateway.auth import Auth
 from gateway.engines import build_runtime
 from gateway.records import StoreRecorder
@@ -226,6 +226,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         Route("/v1/flows/{flow_id}", flows_api.delete_flow, methods=["DELETE"]),
         Route("/v1/flows/{flow_id}/versions", flows_api.flow_versions),
         WebSocketRoute("/v1/voice", voice_endpoint),
+        Route("/v1/calls", calls_api.list_calls),
+        Route("/v1/calls", calls_api.place_call, methods=["POST"]),
+        Route("/v1/calls/{sid}", calls_api.get_call),
+        Route("/v1/calls/{sid}/recording", calls_api.get_recording),
         Route("/twilio/voice", incoming_call, methods=["POST"]),
         Route("/twilio/status", call_status, methods=["POST"]),
         WebSocketRoute("/twilio/media", twilio_media_endpoint),

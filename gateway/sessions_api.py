@@ -49,12 +49,13 @@ async def list_sessions(request: Request) -> Response:
 async def get_session(request: Request) -> Response:
     session_id = request.path_params["session_id"]
     session = app_state(request).sessions.get(session_id)
+    stored = await require_store(request).get_session(session_id)
     if session is not None:
-        return JSONResponse(session.snapshot())
-    detail = await require_store(request).get_session(session_id)
-    if detail is None:
+        # Memory knows the turns best (storage lags by a write interval); storage knows the recordings.
+        return JSONResponse({**session.snapshot(), "recordings": (stored or {}).get("recordings", [])})
+    if stored is None:
         raise HTTPException(404, "no such session")
-    return JSONResponse(detail)
+    return JSONResponse(stored)
 
 
 async def delete_session(request: Request) -> Response:

@@ -84,9 +84,13 @@ class TwilioCallControl:
         if calls is not None:
             await asyncio.to_thread(calls.update_call, self.call_sid, twiml.transfer(target))
 
-    async def hang_up(self) -> None:
+    async def hang_up(self, say: str | None = None) -> None:
         calls = self._calls()
-        if calls is not None:
+        if calls is None:
+            return
+        if say:  # a last message, then the TwiML hangs up
+            await asyncio.to_thread(calls.update_call, self.call_sid, twiml.hang_up(say))
+        else:
             await asyncio.to_thread(calls.hang_up, self.call_sid)
 
     def _calls(self) -> TwilioCalls | None:

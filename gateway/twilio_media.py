@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from gateway.call_records import save_call_recording
 from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.settings import session_config
 from gateway.twilio_control import TwilioCallControl, twilio_gate
@@ -61,7 +62,8 @@ class TwilioCall:
                     self._writer.cancel()
                 self.state.sessions.remove(self.session)
                 self.state.runtime.metrics.active_sessions.labels("twilio").dec()
-                self._record_call(status="completed")
+                await self._record_call(status="completed")
+                await save_call_recording(self.state, self.session, self._call["sid"])
 
     # -- inbound ----------------------------------------------------------------------------------------------
 
@@ -114,6 +116,7 @@ class TwilioCall:
         config = session_config(
             state.settings, input_rate=8000, output_rate=8000, encoding="mulaw", transport="twilio"
         )
+        config.recording_dir = str(state.settings.recordings_dir)  # every call is recorded (see docs)
         session = Session(state.runtime, config, recorder=state.recorder)
         session.caller = params.get("from") or None
         flow_id = params.get("flow") or None
@@ -129,8 +132,9 @@ class TwilioCall:
         state.sessions.add(session)
         state.runtime.metrics.active_sessions.labels("twilio").inc()
         self._call = {"sid": start.call_id, "from": params.get("from"), "to": params.get("to")}
-        self._record_call(status="in-progress")
+        self._call["direction"] = params.get("direction", "inbound")
         await session.start()
+        await self._record_call(status="in-progress")
         self._writer = asyncio.create_task(self._write(), name=f"{session.id}-twilio-writer")
         return True
 
@@ -184,28 +188,22 @@ class TwilioCall:
                 log.warning("twilio stream %s: no mark echoed for %.1f s", self.stream_sid, MARK_WAIT_S)
                 return
 
-    def _record_call(self, status: str) -> None:
+    async def _record_call(self, status: str) -> None:
         call = getattr(self, "_call", None)
         if call is None or self.state.store is None or self.session is None:
             return
-        self.state.store.writer.upsert(
-            "calls",
-            {
-                "id": call["sid"],
-                "session_id": self.session.id,
-                "provider": "twilio",
-                "direction": "inbound",
-                "from_number": call["from"],
-                "to_number": call["to"],
-                "status": status,
-                "created_at": self.session.created_at,
-                "ended_at": self.session.closed_at,
-                "extra": {
-                    "stream_sid": self.stream_sid,
-                    "stream_stats": dataclasses.asdict(self.stream.stats),
-                },
-            },
-        )
+        session = self.session
+        values = {"session_id": session.id, "status": status, "ended_at": session.closed_at}
+        defaults = {"direction": call["direction"], "from_number": call["from"], "to_number": call["to"]}
+        stats = {"stream_sid": self.stream_sid, "stream_stats": dataclasses.asdict(self.stream.stats)}
+        try:
+            # The session row must exist first (foreign key): write what the session has queued.
+            await self.state.store.writer.flush()
+            await self.state.store.merge_call(
+                call["sid"], values, extra=stats, defaults=defaults, now=session.created_at
+            )
+        except Exception:
+            log.exception("call %s: storing the call failed", call["sid"])
 
 
 async def twilio_media_endpoint(ws: WebSocket) -> None:

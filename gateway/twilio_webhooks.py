@@ -57,7 +57,18 @@ async def call_status(request: Request) -> Response:
     if not sid or store is None:
         return JSONResponse({"detail": "CallSid is required"}, status_code=422)
     await store.record_call_status(sid, form.get("CallStatus", ""), form, time.time())
+    if form.get("AnsweredBy", "").startswith(("machine", "fax")):
+        await _leave_voicemail(request, sid)
     return Response(status_code=204)
+
+
+async def _leave_voicemail(request: Request, sid: str) -> None:
+    """Answering-machine detection said "machine": say the call's voicemail message (if any), hang up."""
+    from gateway.twilio_control import TwilioCallControl
+
+    call = await app_state(request).store.get_call(sid)
+    message = ((call or {}).get("extra") or {}).get("voicemail_message")
+    await TwilioCallControl(app_state(request), sid).hang_up(say=message)
 
 
 def media_url(request: Request) -> str:

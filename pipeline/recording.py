@@ -142,3 +142,30 @@ class SessionRecording:
                 log.exception("writing recording %s failed; recording stops", self.directory)
                 self._closed = True
                 return
+
+
+def write_stereo_call(caller: RecordedFile, agent: RecordedFile, out: Path, rate: int = 8000) -> float:
+    """Caller left, agent right, at ``rate``, padded to the longer track: one file to listen to a call.
+
+    Blocking (reads and writes files): run it in a thread. Returns the duration in seconds.
+    """
+    import numpy as np
+
+    from pipeline.audio import read_wav, resample
+
+    channels = []
+    for track in (caller, agent):
+        pcm, track_rate = read_wav(str(track.path))
+        if track_rate != rate:
+            pcm = resample(pcm, track_rate, rate)
+        channels.append(np.frombuffer(pcm, dtype="<i2"))
+    length = max(len(c) for c in channels)
+    stereo = np.zeros((length, 2), dtype="<i2")
+    for index, samples in enumerate(channels):
+        stereo[: len(samples), index] = samples
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(SAMPLE_WIDTH)
+        w.setframerate(rate)
+        w.writeframes(stereo.tobytes())
+    return length / rate

@@ -203,35 +203,47 @@ class Store:
         self, call_sid: str, status: str, fields: dict[str, str], now: float
     ) -> None:
         """A provider's status callback: the call's status now, and its history in ``extra.statuses``."""
-        entry = {
-            "status": status,
-            "at": now,
-            **{k: fields[k] for k in ("AnsweredBy", "CallDuration") if k in fields},
-        }
+        keep = ("AnsweredBy", "CallDuration")
+        entry = {"status": status, "at": now, **{k: fields[k] for k in keep if k in fields}}
+        values: dict[str, Any] = {}
+        if status:
+            values["status"] = status
+        if status in FINAL_CALL_STATUSES:
+            values["ended_at"] = now
+        direction = "outbound" if fields.get("Direction", "").startswith("outbound") else "inbound"
+        defaults = {"direction": direction, "from_number": fields.get("From"), "to_number": fields.get("To")}
+        await self.merge_call(call_sid, values, append={"statuses": entry}, defaults=defaults, now=now)
+
+    async def merge_call(
+        self,
+        call_sid: str,
+        values: dict[str, Any],
+        *,
+        extra: dict[str, Any] | None = None,
+        append: dict[str, Any] | None = None,
+        defaults: dict[str, Any] | None = None,
+        now: float,
+    ) -> None:
+        """Update a call's columns and merge into its ``extra`` (``append``: add to a list there); a call not
+        seen before is created. Status callbacks, the media stream and the API all write calls this way."""
         async with self.engine.begin() as conn:
             row = (await conn.execute(select(calls).where(calls.c.id == call_sid))).first()
+            merged = dict(row.extra or {}) if row is not None else {}
+            merged.update(extra or {})
+            for key, item in (append or {}).items():
+                merged[key] = [*merged.get(key, []), item]
             if row is None:
-                direction = "outbound" if fields.get("Direction", "").startswith("outbound") else "inbound"
+                base = {"provider": "twilio", "direction": "inbound", "created_at": now, **(defaults or {})}
+                await conn.execute(calls.insert().values(id=call_sid, **{**base, **values, "extra": merged}))
+            else:
                 await conn.execute(
-                    calls.insert().values(
-                        id=call_sid,
-                        provider="twilio",
-                        direction=direction,
-                        from_number=fields.get("From"),
-                        to_number=fields.get("To"),
-                        status=status,
-                        created_at=now,
-                        ended_at=now if status in FINAL_CALL_STATUSES else None,
-                        extra={"statuses": [entry]},
-                    )
+                    calls.update().where(calls.c.id == call_sid).values(**values, extra=merged)
                 )
-                return
-            extra = dict(row.extra or {})
-            extra["statuses"] = [*extra.get("statuses", []), entry]
-            values: dict[str, Any] = {"status": status, "extra": extra}
-            if status in FINAL_CALL_STATUSES:
-                values["ended_at"] = now
-            await conn.execute(calls.update().where(calls.c.id == call_sid).values(**values))
+
+    async def list_calls(self, limit: int = 50) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(calls).order_by(calls.c.created_at.desc()).limit(limit))
+            return [dict(r._mapping) for r in rows]
 
     async def get_call(self, call_sid: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:

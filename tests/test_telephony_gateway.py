@@ -4,17 +4,23 @@ transfer reaches Twilio's REST API)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
+import io
+import json
+import wave
 from collections.abc import Iterator
+from pathlib import Path
 from xml.etree import ElementTree
 
 import httpx
+import numpy as np
 import pytest
 import websockets
 
 from gateway.twilio_control import TwilioSetup
-from pipeline.audio import mulaw_decode, mulaw_encode, resample
+from pipeline.audio import mulaw_decode, mulaw_encode, pcm16_to_float, resample
 from tests.speech import clip_pcm, energy_dbfs, piper_pcm, wer
 from tests.test_telephony_rest import ACCOUNT, FakeTwilio
 from tests.twilio_sim import TwilioSim, twilio_signature
@@ -173,3 +179,87 @@ async def test_dtmf_menu_transfer_reaches_the_rest_api(server, twilio) -> None:
     twiml = request["form"]["Twiml"][0]
     number = ElementTree.fromstring(twiml).find("./Dial/Number")
     assert number is not None and number.text == "+15555550142"
+
+
+def test_outbound_call_request_reaches_twilio(server, twilio) -> None:
+    body = {
+        "to": "+15557654321",
+        "from": "+15550001111",
+        "flow": "appointment-reminder",
+        "machine_detection": True,
+        "voicemail_message": "Hi, this is the clinic. Please call us back.",
+    }
+    response = httpx.post(f"{server.http}/v1/calls", json=body)
+    assert response.status_code == 201, response.text
+    sid = response.json()["sid"]
+    request = twilio.requests[-1]
+    assert request["path"].endswith(f"/Accounts/{ACCOUNT}/Calls.json")
+    form = {k: v[0] for k, v in request["form"].items()}
+    assert form["To"] == "+15557654321" and form["From"] == "+15550001111"
+    assert form["StatusCallback"] == f"{server.http}/twilio/status"
+    assert form["MachineDetection"] == "Enable"
+    stream = ElementTree.fromstring(form["Twiml"]).find("./Connect/Stream")
+    assert stream.get("url") == f"ws://127.0.0.1:{server.port}/twilio/media"
+    sent = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    assert sent["flow"] == "appointment-reminder" and sent["direction"] == "outbound"
+    call = httpx.get(f"{server.http}/v1/calls/{sid}").json()
+    assert call["direction"] == "outbound" and call["status"] == "queued"
+
+    # A machine answers: the voicemail message is said and the call hangs up, through the REST API.
+    params = {"CallSid": sid, "AnsweredBy": "machine_end_beep", "Direction": "outbound-api"}
+    assert _signed_post(server, "/twilio/status", params).status_code == 204
+    update = {k: v[0] for k, v in twilio.requests[-1]["form"].items()}
+    assert twilio.requests[-1]["path"].endswith(f"/Calls/{sid}.json")
+    assert "Please call us back" in update["Twiml"] and "<Hangup" in update["Twiml"]
+    statuses = httpx.get(f"{server.http}/v1/calls/{sid}").json()["statuses"]
+    assert statuses[-1]["AnsweredBy"] == "machine_end_beep"
+
+
+def test_bad_outbound_requests(server, twilio) -> None:
+    bad = httpx.post(f"{server.http}/v1/calls", json={"to": "12", "from": "+15550001111", "flow": "x"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["to"]
+    unknown = httpx.post(
+        f"{server.http}/v1/calls", json={"to": "+15557654321", "from": "+15550001111", "flow": "nope"}
+    )
+    assert unknown.status_code == 422
+    assert httpx.get(f"{server.http}/v1/calls/CAnothing").status_code == 404
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending", ["stop", "socket_drop"])
+async def test_call_recording_is_complete_stereo_with_transcript(server, twilio, runtime, ending) -> None:
+    question = "What is the capital of France?"
+    async with _sim(server, custom_parameters={"from": "+15557654321"}) as sim:
+        await sim.stream(_mulaw_8k(piper_pcm(question)))
+        await sim.silence(1.0)
+        await sim.wait_for_audio(1500, timeout=60)  # hang up while the agent is mid-sentence
+        if ending == "stop":
+            await sim.stop()
+        else:
+            await sim.ws.close()  # no stop message: the socket just goes
+        call_seconds = sim.now()
+    sid = sim.call_sid
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:
+        call = httpx.get(f"{server.http}/v1/calls/{sid}").json()
+        if call.get("recording") or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert call["recording"], call
+    assert call["turns"][0]["user_text"] and call["status"] == "completed"
+    wav = httpx.get(f"{server.http}{call['recording']}")
+    assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav"
+    with wave.open(io.BytesIO(wav.content)) as w:
+        assert w.getnchannels() == 2 and w.getframerate() == 8000
+        stereo = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    assert abs(len(stereo) / 8000 - call_seconds) < 1.0, (len(stereo) / 8000, call_seconds)
+    caller = resample(stereo[:, 0].copy().tobytes(), 8000, 16000)
+    worker = runtime.stt_worker
+    heard = (await asyncio.to_thread(worker.call, runtime.stt.transcribe, pcm16_to_float(caller))).text
+    assert wer(question, heard) <= 0.25, heard
+    assert energy_dbfs(stereo[:, 1].copy().tobytes()) > -45  # the agent's side has its speech
+    session = httpx.get(f"{server.http}/v1/sessions/{call['session_id']}").json()
+    transcript = next(r for r in session["recordings"] if r["kind"] == "transcript")
+    saved = json.loads(Path(transcript["path"]).read_text())
+    assert saved["call_sid"] == sid and saved["turns"][0]["user_text"] == call["turns"][0]["user_text"]
+    assert saved["turns"][0]["timings"]["stt_ms"] is not None

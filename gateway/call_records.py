@@ -1,0 +1,61 @@
+"""A finished phone call's keepsakes: a stereo WAV (caller left, agent right) and a JSON transcript."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.recording import write_stereo_call
+from pipeline.session import Session
+
+log = logging.getLogger("voxgate.calls")
+
+CALL_WAV = "call.wav"
+TRANSCRIPT = "transcript.json"
+
+
+async def save_call_recording(state: Any, session: Session, call_sid: str) -> None:
+    """Write ``call.wav`` and ``transcript.json`` beside the session's tracks and store where they are.
+
+    Runs after the session closed (its tracks are complete, whether the call ended with ``stop`` or the socket
+    dropped); the file work happens in a thread.
+    """
+    recording = session.recording
+    if recording is None:
+        return
+    caller, agent = recording.files
+    directory = recording.directory
+    transcript = {"call_sid": call_sid, **session.snapshot()}
+    try:
+        duration = await asyncio.to_thread(_write, caller, agent, directory, transcript)
+    except Exception:
+        log.exception("call %s: writing the recording failed", call_sid)
+        return
+    if state.store is None:
+        return
+    for kind, name, rate, fmt in (
+        ("stereo", CALL_WAV, 8000, "wav"),
+        ("transcript", TRANSCRIPT, None, "json"),
+    ):
+        state.store.writer.upsert(
+            "recordings",
+            {
+                "id": f"{session.id}-{kind}",
+                "session_id": session.id,
+                "path": str(directory / name),
+                "kind": kind,
+                "format": fmt,
+                "sample_rate": rate,
+                "duration_s": round(duration, 3),
+                "created_at": session.created_at,
+            },
+        )
+
+
+def _write(caller: Any, agent: Any, directory: Path, transcript: dict[str, Any]) -> float:
+    duration = write_stereo_call(caller, agent, directory / CALL_WAV)
+    (directory / TRANSCRIPT).write_text(json.dumps(transcript, indent=2))
+    return duration

@@ -1,0 +1,135 @@
+"""``/v1/calls``: place outbound calls through Twilio, list calls, read one with its transcript and recording."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from gateway.api_common import app_state, require_store, unprocessable, validation_detail
+from telephony import twiml
+from telephony.signatures import public_ws_url
+from telephony.twilio_rest import TwilioApiError
+
+PHONE = r"^(\+[1-9][0-9]{6,15}|sips?:.+|client:.+)$"
+
+
+class CallRequest(BaseModel):
+    """Body of ``POST /v1/calls``."""
+
+    to: str = Field(pattern=PHONE, description="E.164 number or SIP URI to call")
+    from_: str = Field(alias="from", pattern=PHONE, description="your Twilio number (caller id)")
+    flow: str = Field(min_length=1, max_length=128, description="the stored flow that runs the call")
+    machine_detection: bool = Field(False, description="run Twilio's answering-machine detection")
+    voicemail_message: str | None = Field(
+        None, max_length=1000, description="said to an answering machine (else the call hangs up)"
+    )
+    time_limit_s: int | None = Field(None, ge=10, le=14400)
+
+    model_config = {"extra": "forbid", "populate_by_name": True}
+
+
+async def place_call(request: Request) -> Response:
+    try:
+        body = CallRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        return validation_detail(exc)
+    state = app_state(request)
+    settings = state.settings
+    calls = state.twilio.calls
+    if calls is None or not settings.public_url:
+        raise HTTPException(
+            400,
+            "outbound calls need VOXGATE_TWILIO_ACCOUNT_SID, VOXGATE_TWILIO_AUTH_TOKEN and VOXGATE_PUBLIC_URL",
+        )
+    store = require_store(request)
+    if await store.get_flow(body.flow) is None:
+        return unprocessable(
+            [{"loc": ["flow"], "msg": f"no stored flow {body.flow!r}", "type": "value_error"}]
+        )
+    parameters = {"flow": body.flow, "from": body.from_, "to": body.to, "direction": "outbound"}
+    stream = twiml.connect_stream(public_ws_url(settings.public_url, "/twilio/media"), parameters)
+    status_url = settings.public_url.rstrip("/") + "/twilio/status"
+    try:
+        sid = await asyncio.to_thread(
+            calls.place_call,
+            body.to,
+            body.from_,
+            stream,
+            status_url,
+            body.machine_detection,
+            time_limit_s=body.time_limit_s,
+        )
+    except TwilioApiError as exc:
+        raise HTTPException(502, f"Twilio refused the call: {exc}") from exc
+    await store.merge_call(
+        sid,
+        {"direction": "outbound", "from_number": body.from_, "to_number": body.to, "status": "queued"},
+        extra={"flow": body.flow, "voicemail_message": body.voicemail_message},
+        now=time.time(),
+    )
+    return JSONResponse({"sid": sid, "status": "queued"}, status_code=201)
+
+
+async def list_calls(request: Request) -> Response:
+    limit = request.query_params.get("limit", "50")
+    if not limit.isdigit() or not 1 <= int(limit) <= 500:
+        return unprocessable([{"loc": ["limit"], "msg": "limit must be 1..500", "type": "value_error"}])
+    rows = await require_store(request).list_calls(int(limit))
+    return JSONResponse({"calls": [_public(r) for r in rows]})
+
+
+async def get_call(request: Request) -> Response:
+    store = require_store(request)
+    call = await store.get_call(request.path_params["sid"])
+    if call is None:
+        raise HTTPException(404, "no such call")
+    result = _public(call)
+    session = await _session(request, call)
+    result["turns"] = session.get("turns", []) if session else []
+    result["recording"] = f"/v1/calls/{call['id']}/recording" if _stereo(session) else None
+    return JSONResponse(result)
+
+
+async def get_recording(request: Request) -> Response:
+    store = require_store(request)
+    call = await store.get_call(request.path_params["sid"])
+    if call is None:
+        raise HTTPException(404, "no such call")
+    path = _stereo(await _session(request, call))
+    if path is None or not Path(path).is_file():
+        raise HTTPException(404, "this call has no recording (yet)")
+    return FileResponse(path, media_type="audio/wav", filename=f"{call['id']}.wav")
+
+
+async def _session(request: Request, call: dict[str, Any]) -> dict[str, Any] | None:
+    if not call.get("session_id"):
+        return None
+    return await require_store(request).get_session(call["session_id"])
+
+
+def _stereo(session: dict[str, Any] | None) -> str | None:
+    for recording in (session or {}).get("recordings", []):
+        if recording["kind"] == "stereo":
+            return str(recording["path"])
+    return None
+
+
+def _public(call: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sid": call["id"],
+        "session_id": call["session_id"],
+        "direction": call["direction"],
+        "from": call["from_number"],
+        "to": call["to_number"],
+        "status": call["status"],
+        "created_at": call["created_at"],
+        "ended_at": call["ended_at"],
+        "statuses": (call.get("extra") or {}).get("statuses", []),
+    }
