@@ -263,3 +263,23 @@ async def test_call_recording_is_complete_stereo_with_transcript(server, twilio,
     saved = json.loads(Path(transcript["path"]).read_text())
     assert saved["call_sid"] == sid and saved["turns"][0]["user_text"] == call["turns"][0]["user_text"]
     assert saved["turns"][0]["timings"]["stt_ms"] is not None
+
+
+async def test_bad_frames_are_counted_and_the_call_goes_on(server, twilio) -> None:
+    async with _sim(server) as sim:
+        await sim.silence(0.1)
+        session = next(s for s in server.state.sessions.live.values() if s.config.transport == "twilio")
+        for raw in [
+            "{not json",
+            {"event": "party", "streamSid": sim.stream_sid},
+            {"event": "media", "streamSid": sim.stream_sid, "media": {"payload": "%%%not base64%%%"}},
+            {"event": "stop", "streamSid": "MZ-somebody-else", "stop": {"callSid": "CA0"}},
+            b"\x00\x01binary",
+        ]:
+            await sim.send_raw(raw if not isinstance(raw, bytes) else raw.decode("latin-1"))
+        await sim.dtmf("7")
+        await sim.wait_for(lambda: session.dtmf_digits == ["7"], timeout=10)
+        assert not session.closed.is_set()
+    errors = server.state.runtime.metrics.errors
+    for code in ("invalid_json", "unknown_event", "bad_payload", "wrong_stream"):
+        assert errors.labels(f"twilio_{code}")._value.get() >= 1, code
