@@ -17,7 +17,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from flows import HttpTool, example_flows
 from gateway import calls_api, flows_api
@@ -30,6 +31,7 @@ from gateway.settings import Settings
 from gateway.twilio_control import TwilioSetup
 from gateway.twilio_media import twilio_media_endpoint
 from gateway.twilio_webhooks import call_status, incoming_call
+from gateway.webrtc import restrict_ice_host_addresses, webrtc_offer
 from gateway.ws_voice import voice_endpoint
 from pipeline.metrics import LoopLagMonitor
 from pipeline.runtime import Runtime
@@ -54,6 +56,12 @@ class AppState:
         self.store: Store | None = None
         self.flow_http = HttpTool(settings.flow_http_allowlist, settings.flow_secrets)
         self.twilio = TwilioSetup(settings)
+        self.webrtc_calls: set[Any] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        if settings.webrtc_host_addresses:
+            restrict_ice_host_addresses(
+                [a.strip() for a in settings.webrtc_host_addresses.split(",") if a.strip()]
+            )
         if not self.twilio.enabled:
             log.info(self.twilio.why_disabled)
         self.recorder: StoreRecorder | None = None
@@ -159,6 +167,10 @@ async def index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html")
 
 
+async def flows_page(request: Request) -> Response:
+    return FileResponse(STATIC / "flows.html")
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
@@ -184,6 +196,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.loop = asyncio.get_running_loop()
         await state.open_store()
         retention = asyncio.create_task(_retention_loop(state)) if settings.retention_days else None
         state.lag.start()
@@ -202,6 +215,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 retention.cancel()
             for session in list(state.sessions.live.values()):
                 await session.close("server_shutdown")
+            for call in list(state.webrtc_calls):
+                await call.end("server_shutdown")
             await state.close_store()
             await state.lag.stop()
             if state.runtime is not None and runtime is None:
@@ -230,6 +245,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         Route("/v1/calls", calls_api.place_call, methods=["POST"]),
         Route("/v1/calls/{sid}", calls_api.get_call),
         Route("/v1/calls/{sid}/recording", calls_api.get_recording),
+        Route("/v1/webrtc/offer", webrtc_offer, methods=["POST"]),
+        Route("/flows", flows_page),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
         Route("/twilio/voice", incoming_call, methods=["POST"]),
         Route("/twilio/status", call_status, methods=["POST"]),
         WebSocketRoute("/twilio/media", twilio_media_endpoint),

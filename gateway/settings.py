@@ -95,6 +95,16 @@ class Settings(BaseSettings):
         None, description="flow for calls to numbers not in twilio_number_flows"
     )
 
+    # WebRTC
+    webrtc_ice_servers: list[str] = Field(
+        default_factory=list,
+        description='STUN/TURN URLs as JSON, e.g. ["stun:stun.example.org:3478"]; none by default (no public STUN)',
+    )
+    webrtc_host_addresses: str | None = Field(
+        None,
+        description="comma list of addresses for ICE host candidates (default: the machine's interfaces)",
+    )
+
     # sessions
     max_sessions: int = Field(
         32, ge=1, description="more WebSocket sessions are refused with close code 1013"

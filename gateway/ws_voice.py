@@ -157,7 +157,7 @@ async def _read_loop(ws: WebSocket, session: Session, max_bytes: int) -> str:
             session.push_audio(data)
         elif text is not None:
             try:
-                if await _dispatch(session, parse_client_event(text)) == "close":
+                if await dispatch_client_event(session, parse_client_event(text)) == "close":
                     return "client_closed"
             except SessionError as exc:
                 await session.error(exc.code, exc.message)
@@ -168,7 +168,7 @@ def _disconnect_reason(code: int | None) -> str:
     return "server_shutdown" if code == CLOSE_SERVICE_RESTART else "client_disconnected"
 
 
-async def _dispatch(session: Session, event: Any) -> str | None:
+async def dispatch_client_event(session: Session, event: Any) -> str | None:
     if isinstance(event, InputText):
         await session.submit_text(event.text)
     elif isinstance(event, InputAudioCommit):

@@ -1,0 +1,261 @@
+"""``POST /v1/webrtc/offer``: a session over WebRTC (aiortc): an audio track each way, a data channel for events.
+
+The caller's track (Opus, 48 kHz) is decoded to PCM16 and pushed into the session like WebSocket audio. The
+agent's audio leaves through :class:`AgentTrack`, which hands aiortc one 20 ms frame per 20 ms of real time
+from a small bounded buffer the session's pacer fills, and drops that buffer on ``response.interrupted``.
+The data channel named ``events`` carries the WebSocket protocol's JSON events both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import aioice.ice
+import av
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from pydantic import BaseModel, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.api_common import app_state, unprocessable, validation_detail
+from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
+from gateway.protocol import parse_client_event
+from gateway.settings import session_config
+from gateway.ws_voice import apply_session_update, dispatch_client_event
+from pipeline.outbox import OutAudio
+from pipeline.session import Session, SessionError
+
+log = logging.getLogger("voxgate.webrtc")
+
+RATE = 48000
+FRAME_SAMPLES = RATE // 50  # 20 ms
+FRAME_BYTES = FRAME_SAMPLES * 2
+
+
+class OfferRequest(BaseModel):
+    """Body of ``POST /v1/webrtc/offer``."""
+
+    sdp: str = Field(min_length=10, max_length=100_000)
+    type: str = Field(pattern="^offer$")
+    flow: str | None = Field(None, max_length=128)
+    voice: str | None = Field(None, max_length=128)
+
+    model_config = {"extra": "forbid"}
+
+
+class AgentTrack(MediaStreamTrack):
+    """The agent's voice as an outbound audio track, paced at real time, silent between answers."""
+
+    kind = "audio"
+
+    def __init__(self, max_buffer_frames: int = 100) -> None:
+        super().__init__()
+        self._frames: deque[bytes] = deque()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._max = max_buffer_frames
+        self._start: float | None = None
+        self._sent = 0
+        self._silence = bytes(FRAME_BYTES)
+        self._time_base = fractions.Fraction(1, RATE)
+
+    async def push(self, pcm: bytes) -> None:
+        """Queue one 20 ms frame; waits (backpressure to the pacer) while the buffer is full."""
+        while len(self._frames) >= self._max:
+            self._room.clear()
+            await self._room.wait()
+        self._frames.append(pcm)
+
+    def flush(self) -> None:
+        """Barge-in: drop every frame not yet handed to aiortc."""
+        self._frames.clear()
+        self._room.set()
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        due = self._start + self._sent * 0.02
+        if due > now:
+            await asyncio.sleep(due - now)
+        pcm = self._frames.popleft() if self._frames else self._silence
+        self._room.set()
+        frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        frame.planes[0].update(
+            pcm if len(pcm) == FRAME_BYTES else pcm[:FRAME_BYTES].ljust(FRAME_BYTES, b"\0")
+        )
+        frame.sample_rate = RATE
+        frame.pts = self._sent * FRAME_SAMPLES
+        frame.time_base = self._time_base
+        self._sent += 1
+        return frame
+
+
+class WebRtcCall:
+    """One peer connection and its session."""
+
+    def __init__(self, state: Any, session: Session, pc: RTCPeerConnection) -> None:
+        self.state = state
+        self.session = session
+        self.pc = pc
+        self.track = AgentTrack()
+        self.channel: Any = None
+        self._channel_open = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        pc.addTrack(self.track)
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_state)
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._write(), name=f"{self.session.id}-webrtc-out"))
+        self._tasks.append(asyncio.create_task(self._watch(), name=f"{self.session.id}-webrtc-end"))
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._tasks.append(asyncio.create_task(self._read(track), name=f"{self.session.id}-webrtc-in"))
+
+    def _on_datachannel(self, channel: Any) -> None:
+        if channel.label != "events":
+            return
+        self.channel = channel
+        self._channel_open.set()
+        channel.on("message", self._on_message)
+        channel.on("close", lambda: asyncio.ensure_future(self.end("client_closed")))
+
+    def _on_message(self, message: Any) -> None:
+        asyncio.ensure_future(self._handle(message))
+
+    async def _handle(self, message: Any) -> None:
+        if not isinstance(message, str):
+            await self.session.error("invalid_event", "the events channel carries JSON text only")
+            return
+        try:
+            if await dispatch_client_event(self.session, parse_client_event(message)) == "close":
+                await self.end("client_closed")
+        except SessionError as exc:
+            await self.session.error(exc.code, exc.message)
+
+    async def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            await self.end("ice_failed" if self.pc.connectionState == "failed" else "client_disconnected")
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        try:
+            while True:
+                frame = await track.recv()
+                for mono in resampler.resample(frame):
+                    self.session.push_audio(bytes(mono.planes[0])[: mono.samples * 2])
+        except MediaStreamError:
+            await self.end("track_ended")
+
+    async def _write(self) -> None:
+        while True:
+            item = await self.session.outbox.get()
+            if item is None:
+                return
+            if isinstance(item, OutAudio):
+                await self.track.push(item.payload)
+                continue
+            if item.get("type") == "response.interrupted":
+                self.track.flush()
+            await self._send_event(item)
+
+    async def _send_event(self, event: dict[str, Any]) -> None:
+        # Events wait for the channel (the client opens it with the offer; it is usually there at once).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._channel_open.wait(), timeout=10)
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(json.dumps(event))
+
+    async def _watch(self) -> None:
+        await self.session.closed.wait()
+        await self.end(self.session.close_reason or "closed")
+
+    async def end(self, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        await self.session.close(reason)
+        await asyncio.sleep(0.2)  # let session.closed reach the data channel
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        self.track.stop()
+        await self.pc.close()
+        self.state.sessions.remove(self.session)
+        self.state.webrtc_calls.discard(self)
+        self.state.runtime.metrics.active_sessions.labels("webrtc").dec()
+
+
+def restrict_ice_host_addresses(addresses: list[str]) -> None:
+    """Offer only these host candidates (aioice leaves 127.0.0.1 out; tests and single-host setups need it)."""
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
+
+
+async def webrtc_offer(request: Request) -> Response:
+    try:
+        body = OfferRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        return validation_detail(exc)
+    state = app_state(request)
+    if not state.ready.is_set():
+        return JSONResponse({"detail": "models are still loading; try again shortly"}, status_code=503)
+    flow = None
+    if body.flow:
+        try:
+            flow = await load_stored_flow(state, body.flow)
+        except FlowNotAvailable as exc:
+            return unprocessable([{"loc": ["flow"], "msg": exc.message, "type": exc.code}])
+    if not state.sessions.try_reserve():
+        return JSONResponse({"detail": "the gateway is at max_sessions; try again later"}, status_code=503)
+    settings = state.settings
+    config = session_config(
+        settings, input_rate=RATE, output_rate=RATE, encoding="pcm_s16le", transport="webrtc"
+    )
+    session = Session(state.runtime, config, recorder=state.recorder)
+    session.caller = request.client.host if request.client else None
+    if body.voice:
+        try:
+            apply_session_update(session, _voice_update(body.voice))
+        except SessionError as exc:
+            state.sessions.cancel_reservation()
+            return unprocessable([{"loc": ["voice"], "msg": exc.message, "type": exc.code}])
+    if flow is not None:
+        attach_flow(session, state, flow)
+    ice = [RTCIceServer(urls=url) for url in settings.webrtc_ice_servers]
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+    call = WebRtcCall(state, session, pc)
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body.sdp, type=body.type))
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as exc:  # a malformed SDP is the client's error, not ours
+        state.sessions.cancel_reservation()
+        await pc.close()
+        return JSONResponse({"detail": f"cannot answer this offer: {exc}"}, status_code=400)
+    state.sessions.add(session)
+    state.webrtc_calls.add(call)
+    state.runtime.metrics.active_sessions.labels("webrtc").inc()
+    await session.start()
+    call.start()
+    answer = pc.localDescription
+    return JSONResponse({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})
+
+
+def _voice_update(voice: str) -> Any:
+    from gateway.protocol import SessionUpdate
+
+    return SessionUpdate.model_validate({"type": "session.update", "session": {"voice": voice}})
