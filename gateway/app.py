@@ -235,6 +235,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         Route("/v1/flows", flows_api.list_flows),
         Route("/v1/flows", flows_api.create_flow, methods=["POST"]),
         Route("/v1/flows/schema", flows_api.flow_schema),
+        Route("/v1/flows/validate", flows_api.validate_flow_document, methods=["POST"]),
         Route("/v1/flows/generate", flows_api.generate_flow, methods=["POST"]),
         Route("/v1/flows/{flow_id}", flows_api.get_flow),
         Route("/v1/flows/{flow_id}", flows_api.update_flow, methods=["PUT"]),

@@ -45,6 +45,23 @@ async def _validated(request: Request) -> tuple[dict[str, Any], Flow] | JSONResp
     return document, flow
 
 
+async def validate_flow_document(request: Request) -> Response:
+    """Dry run: the same checks as saving, nothing stored. 200 ``{"valid", "issues"}`` either way (a flow
+    with problems is an answer here, not an error); only a body that is not JSON is a 422."""
+    raw = await request.body()
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:
+        return unprocessable(
+            [{"node": None, "field": "", "code": "invalid_json", "message": f"not valid JSON: {exc}"}]
+        )
+    try:
+        check_flow(app_state(request), document)
+    except FlowValidationError as exc:
+        return JSONResponse({"valid": False, "issues": exc.to_dicts()})
+    return JSONResponse({"valid": True, "issues": []})
+
+
 async def flow_schema(request: Request) -> Response:
     return JSONResponse(flow_json_schema())
 

@@ -263,3 +263,15 @@ async def test_generate_returns_a_valid_unsaved_draft(server) -> None:
         await http.delete(f"{base}/draft-test")
         bad = await http.post(f"{base}/generate", json={"describe": "typo"})
     assert bad.status_code == 422 and isinstance(bad.json()["detail"], list)
+
+
+def test_validate_is_a_dry_run(server) -> None:
+    base = f"{server.http}/v1/flows"
+    document = copy.deepcopy(next(f for f in example_flows() if f["id"] == "phone-menu"))
+    document["id"] = "dry-run-only"
+    ok = httpx.post(f"{base}/validate", json=document).json()
+    assert ok == {"valid": True, "issues": []}
+    document["nodes"][0]["options"][0]["next"] = "nowhere"
+    bad = httpx.post(f"{base}/validate", json=document).json()
+    assert bad["valid"] is False and bad["issues"][0]["code"] == "unknown_node"
+    assert httpx.get(f"{base}/dry-run-only").status_code == 404  # nothing was saved
