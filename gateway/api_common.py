@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def app_state(request: Request) -> Any:
@@ -28,3 +30,11 @@ def unprocessable(detail: list[dict[str, Any]]) -> JSONResponse:
 def validation_detail(exc: ValidationError) -> JSONResponse:
     """A pydantic error as HTTP 422 ``{"detail": [{"loc", "msg", "type"}, ...]}``."""
     return unprocessable([{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()])
+
+
+async def parse_body(request: Request, model: type[M]) -> M | JSONResponse:
+    """The request's JSON body as ``model``, or the 422 answer that says what is wrong with it."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        return validation_detail(exc)

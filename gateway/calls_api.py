@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from gateway.api_common import app_state, require_store, unprocessable, validation_detail
+from gateway.api_common import app_state, parse_body, require_store, unprocessable
 from telephony import twiml
 from telephony.signatures import public_ws_url
 from telephony.twilio_rest import TwilioApiError
@@ -36,10 +36,9 @@ class CallRequest(BaseModel):
 
 
 async def place_call(request: Request) -> Response:
-    try:
-        body = CallRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        return validation_detail(exc)
+    body = await parse_body(request, CallRequest)
+    if isinstance(body, JSONResponse):
+        return body
     state = app_state(request)
     settings = state.settings
     calls = state.twilio.calls

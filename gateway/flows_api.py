@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from flows import FlowValidationError, draft_flow, flow_json_schema, load_flow
 from flows.schema import Flow
-from gateway.api_common import app_state, require_store, unprocessable, validation_detail
+from gateway.api_common import app_state, parse_body, require_store, unprocessable
 from gateway.flow_llm import engine_complete
 
 
@@ -30,14 +30,19 @@ def check_flow(state: Any, document: Any) -> Flow:
     return load_flow(document, known_secrets=state.settings.flow_secrets.keys())
 
 
-async def _validated(request: Request) -> tuple[dict[str, Any], Flow] | JSONResponse:
-    raw = await request.body()
+async def _json_body(request: Request) -> Any:
+    """The parsed body, or the 422 answer for a body that is not JSON."""
     try:
-        document = json.loads(raw)
+        return json.loads(await request.body())
     except ValueError as exc:
-        return unprocessable(
-            [{"node": None, "field": "", "code": "invalid_json", "message": f"not valid JSON: {exc}"}]
-        )
+        message = f"not valid JSON: {exc}"
+        return unprocessable([{"node": None, "field": "", "code": "invalid_json", "message": message}])
+
+
+async def _validated(request: Request) -> tuple[dict[str, Any], Flow] | JSONResponse:
+    document = await _json_body(request)
+    if isinstance(document, JSONResponse):
+        return document
     try:
         flow = check_flow(app_state(request), document)
     except FlowValidationError as exc:
@@ -48,13 +53,9 @@ async def _validated(request: Request) -> tuple[dict[str, Any], Flow] | JSONResp
 async def validate_flow_document(request: Request) -> Response:
     """Dry run: the same checks as saving, nothing stored. 200 ``{"valid", "issues"}`` either way (a flow
     with problems is an answer here, not an error); only a body that is not JSON is a 422."""
-    raw = await request.body()
-    try:
-        document = json.loads(raw)
-    except ValueError as exc:
-        return unprocessable(
-            [{"node": None, "field": "", "code": "invalid_json", "message": f"not valid JSON: {exc}"}]
-        )
+    document = await _json_body(request)
+    if isinstance(document, JSONResponse):
+        return document
     try:
         check_flow(app_state(request), document)
     except FlowValidationError as exc:
@@ -135,10 +136,9 @@ async def generate_flow(request: Request) -> Response:
 
     The draft is repaired and fully validated, and returned, not saved: the user reviews it and saves it.
     """
-    try:
-        body = DraftRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        return validation_detail(exc)
+    body = await parse_body(request, DraftRequest)
+    if isinstance(body, JSONResponse):
+        return body
     state = app_state(request)
     if state.runtime is None:
         raise HTTPException(503, "models are still loading")

@@ -21,11 +21,11 @@ import aioice.ice
 import av
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api_common import app_state, unprocessable, validation_detail
+from gateway.api_common import app_state, parse_body, unprocessable
 from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.protocol import parse_client_event
 from gateway.settings import session_config
@@ -207,10 +207,9 @@ def restrict_ice_host_addresses(addresses: list[str]) -> None:
 
 
 async def webrtc_offer(request: Request) -> Response:
-    try:
-        body = OfferRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        return validation_detail(exc)
+    body = await parse_body(request, OfferRequest)
+    if isinstance(body, JSONResponse):
+        return body
     state = app_state(request)
     if not state.ready.is_set():
         return JSONResponse({"detail": "models are still loading; try again shortly"}, status_code=503)

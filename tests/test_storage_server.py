@@ -218,3 +218,49 @@ async def test_turns_survive_restart_sigterm_and_sigkill(db_url: str, tmp_path: 
         assert {voice_id, open_id, killed_id} <= {s["session_id"] for s in listed}
     finally:
         third.stop(signal.SIGTERM)
+
+
+async def test_retention_sweep_runs_on_its_own(server, tmp_path: Path) -> None:
+    """With retention_days set, the app's periodic sweep deletes old sessions (and their recordings)."""
+    from gateway.app import create_app
+    from gateway.settings import Settings
+    from storage.store import Store
+    from tests.conftest import LiveServer
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'retention.db'}"
+    seed = await Store.open(url)
+    now = time.time()
+    old_recording = tmp_path / "old" / "caller.wav"
+    old_recording.parent.mkdir()
+    old_recording.write_bytes(b"RIFF")
+    for session_id, age_days in (("old", 40), ("recent", 1)):
+        seed.writer.upsert(
+            "sessions",
+            {"id": session_id, "transport": "websocket", "created_at": now - age_days * 86400, "closed_at": None,
+             "close_reason": None, "caller": None, "flow_id": None, "flow_version": None, "outcome": None,
+             "dropped_input_ms": 0, "turn_count": 0, "extra": {}},
+        )  # fmt: skip
+    seed.writer.upsert(
+        "recordings",
+        {"id": "old-caller", "session_id": "old", "path": str(old_recording), "kind": "caller", "format": "wav",
+         "sample_rate": 16000, "duration_s": 1.0, "created_at": now},
+    )  # fmt: skip
+    await seed.close()
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=url,
+        retention_days=30,
+        retention_interval_s=0.2,
+        load_example_flows=False,
+    )
+    live = LiveServer(create_app(settings, server.state.runtime), free_port(), settings)
+    await asyncio.to_thread(live.start)
+    try:
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{live.http}/v1/sessions/old").status_code != 404:
+            assert time.monotonic() < deadline, "the retention sweep did not delete the old session"
+            await asyncio.sleep(0.2)
+        assert httpx.get(f"{live.http}/v1/sessions/recent").status_code == 200
+        assert not old_recording.exists()
+    finally:
+        await asyncio.to_thread(live.stop)
