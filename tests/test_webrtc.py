@@ -99,3 +99,25 @@ async def test_connect_disconnect_cycles_leave_nothing_behind(server) -> None:
     leftovers = asyncio.run_coroutine_threadsafe(webrtc_tasks(), state.loop).result(timeout=5)
     assert not leftovers, leftovers
     assert threading.active_count() <= threads_before + 2
+
+
+@pytest.mark.slow
+async def test_barge_in_over_webrtc_stops_the_agent_track(server) -> None:
+    from tests.speech import piper_pcm
+
+    interruption = resample(piper_pcm("Stop, stop. Tell me about the weather instead."), 16000, 48000)
+    async with WebRtcCaller(server.http) as caller:
+        await caller.wait_open()
+        await caller.wait_for("session.created", timeout=10)
+        caller.send({"type": "input_text", "text": "Tell me a long story about a brave knight and a dragon."})
+        await caller.wait_for("response.started", timeout=30)
+        await caller.wait_for("metrics", timeout=30)  # its first audio has left
+        await asyncio.sleep(1.5)
+        caller.mic.say(interruption)
+        interrupted = await caller.wait_for("response.interrupted", timeout=10)
+        cut_at = len(caller.audio)
+        await asyncio.sleep(0.8)
+        after = bytes(caller.audio[cut_at + 48000 * 2 * 4 // 10 :])  # from 400 ms after the interrupt event
+    assert interrupted["reason"] == "barge_in" and interrupted["heard_text"]
+    # The agent's track goes quiet: its buffer was flushed, only jitter-buffer leftovers may trail.
+    assert energy_dbfs(after) < -45, energy_dbfs(after)
