@@ -50,6 +50,7 @@ class WriteQueue:
 
     @property
     def pending(self) -> int:
+        """Rows waiting for the next write (rows being written right now are not counted)."""
         return sum(len(rows) for rows in self._pending.values())
 
     def upsert(self, name: str, row: dict[str, Any]) -> None:
