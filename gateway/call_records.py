@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from gateway.records import recording_row
 from pipeline.recording import write_stereo_call
 from pipeline.session import Session
 
@@ -40,19 +41,8 @@ async def save_call_recording(state: Any, session: Session, call_sid: str) -> No
         ("stereo", CALL_WAV, 8000, "wav"),
         ("transcript", TRANSCRIPT, None, "json"),
     ):
-        state.store.writer.upsert(
-            "recordings",
-            {
-                "id": f"{session.id}-{kind}",
-                "session_id": session.id,
-                "path": str(directory / name),
-                "kind": kind,
-                "format": fmt,
-                "sample_rate": rate,
-                "duration_s": round(duration, 3),
-                "created_at": session.created_at,
-            },
-        )
+        row = recording_row(session, kind, directory / name, fmt, rate, duration)
+        state.store.writer.upsert("recordings", row)
 
 
 def _write(caller: Any, agent: Any, directory: Path, transcript: dict[str, Any]) -> float:

@@ -7,9 +7,11 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from flows import FlowValidationError, load_flow
 from flows.http_tool import HttpTool
 from flows.runner import CompleteFn, FlowRunner
 from flows.schema import Flow
+from gateway.flow_llm import engine_complete
 from pipeline.response import Response, new_id
 from pipeline.session import Session, TurnRecord
 
@@ -158,8 +160,6 @@ class FlowNotAvailable(Exception):
 
 async def load_stored_flow(state: Any, flow_id: str, version: str | None = None) -> Flow:
     """The stored flow (latest or a given version), validated against this server's secrets now."""
-    from flows import FlowValidationError, load_flow
-
     if version is not None and not version.isdigit():
         raise FlowNotAvailable("invalid_flow", "flow_version must be a positive integer")
     document = await state.store.get_flow(flow_id, int(version) if version else None)
@@ -175,8 +175,6 @@ async def load_stored_flow(state: Any, flow_id: str, version: str | None = None)
 
 def attach_flow(session: Session, state: Any, flow: Flow, call: CallControl | None = None) -> FlowAgent:
     """Make ``flow`` the session's agent (before ``session.start()``)."""
-    from gateway.flow_llm import engine_complete
-
     agent = FlowAgent(session, flow, complete=engine_complete(state.runtime), http=state.flow_http, call=call)
     session.agent = agent
     session.flow_id, session.flow_version = flow.id, flow.version

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from pipeline.recording import RecordedFile
 from pipeline.session import Session, TurnRecord
 from storage.writer import WriteQueue
 
@@ -20,9 +20,12 @@ class StoreRecorder:
         self.writer.upsert("sessions", session_row(session))
         if turn is not None:
             self.writer.upsert("turns", turn_row(session, turn))
-        if session.recording is not None:
+        elif session.recording is not None:  # the session started or closed: where its tracks are
             for file in session.recording.files:
-                self.writer.upsert("recordings", recording_row(session, file))
+                self.writer.upsert(
+                    "recordings",
+                    recording_row(session, file.kind, file.path, "wav", file.sample_rate, file.duration_s),
+                )
 
 
 def session_row(session: Session) -> dict[str, Any]:
@@ -63,14 +66,17 @@ def turn_row(session: Session, turn: TurnRecord) -> dict[str, Any]:
     }
 
 
-def recording_row(session: Session, file: RecordedFile) -> dict[str, Any]:
+def recording_row(
+    session: Session, kind: str, path: Path, fmt: str, sample_rate: int | None, duration_s: float
+) -> dict[str, Any]:
+    """The row that says where one of a session's recordings is (one per kind)."""
     return {
-        "id": f"{session.id}-{file.kind}",
+        "id": f"{session.id}-{kind}",
         "session_id": session.id,
-        "path": str(file.path),
-        "kind": file.kind,
-        "format": "wav",
-        "sample_rate": file.sample_rate,
-        "duration_s": round(file.duration_s, 3),
+        "path": str(path),
+        "kind": kind,
+        "format": fmt,
+        "sample_rate": sample_rate,
+        "duration_s": round(duration_s, 3),
         "created_at": session.created_at,
     }

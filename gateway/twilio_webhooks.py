@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api_common import app_state
+from gateway.twilio_control import TwilioCallControl, twilio_gate
 from telephony import twiml
 from telephony.signatures import public_ws_url
 
@@ -18,8 +19,6 @@ TWIML = "application/xml"
 
 
 async def _checked_form(request: Request) -> tuple[dict[str, str], Response | None]:
-    from gateway.twilio_control import twilio_gate
-
     form = await request.form()
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     refusal = twilio_gate(app_state(request), path, request.headers, form)
@@ -64,8 +63,6 @@ async def call_status(request: Request) -> Response:
 
 async def _leave_voicemail(request: Request, sid: str) -> None:
     """Answering-machine detection said "machine": say the call's voicemail message (if any), hang up."""
-    from gateway.twilio_control import TwilioCallControl
-
     call = await app_state(request).store.get_call(sid)
     message = ((call or {}).get("extra") or {}).get("voicemail_message")
     await TwilioCallControl(app_state(request), sid).hang_up(say=message)

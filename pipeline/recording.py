@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.aio import cancel_and_wait
-from pipeline.audio import SAMPLE_WIDTH, mulaw_decode
+from pipeline.audio import SAMPLE_WIDTH, mulaw_decode, read_wav, resample
 
 log = logging.getLogger("voxgate.recording")
 
@@ -35,6 +37,11 @@ class _Track:
         self.file = file
         self.pending = bytearray()
         self.writer: wave.Wave_write | None = None
+
+    @property
+    def samples(self) -> int:
+        """Samples on the track so far: written plus waiting to be written."""
+        return self.file.frames + len(self.pending) // SAMPLE_WIDTH
 
     def open(self) -> None:
         self.file.path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +85,6 @@ class SessionRecording:
         self._interval = flush_interval_s
         self._caller = _Track(RecordedFile("caller", directory / "caller.wav", caller_rate))
         self._agent = _Track(RecordedFile("agent", directory / "agent.wav", agent_rate))
-        self._agent_samples = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -98,14 +104,12 @@ class SessionRecording:
         if self._closed:
             return
         pcm = mulaw_decode(wire) if self._agent_mulaw else wire
-        rate = self._agent.file.sample_rate
-        due = int((self._clock() - self._t0) * rate)
-        if due > self._agent_samples:  # the agent was silent since its last frame
-            gap = due - self._agent_samples
-            self._agent.pending += bytes(gap * SAMPLE_WIDTH)
-            self._agent_samples += gap
-        self._agent.pending += pcm
-        self._agent_samples += len(pcm) // SAMPLE_WIDTH
+        track = self._agent
+        due = int((self._clock() - self._t0) * track.file.sample_rate)
+        gap = due - track.samples
+        if gap > 0:  # the agent was silent since its last frame
+            track.pending += bytes(gap * SAMPLE_WIDTH)
+        track.pending += pcm
 
     async def close(self) -> list[RecordedFile]:
         """Write what is left, finish the WAV headers, and return the files."""
@@ -149,10 +153,6 @@ def write_stereo_call(caller: RecordedFile, agent: RecordedFile, out: Path, rate
 
     Blocking (reads and writes files): run it in a thread. Returns the duration in seconds.
     """
-    import numpy as np
-
-    from pipeline.audio import read_wav, resample
-
     channels = []
     for track in (caller, agent):
         pcm, track_rate = read_wav(str(track.path))
