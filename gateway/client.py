@@ -164,8 +164,13 @@ class VoiceClient:
         def found() -> bool:
             return len(self.received.of(type_)) >= count or self.close_code is not None
 
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(found), timeout)
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(found), timeout)
+        except TimeoutError:
+            # Say what did arrive: a timeout alone tells nothing about why the awaited event never came.
+            seen = [e for _, e in self.received.events if not e["type"].endswith(".delta")][-30:]
+            raise TimeoutError(f"no {type_} #{count} within {timeout} s; last events: {seen}") from None
         events = self.received.of(type_)
         if len(events) < count:
             raise ConnectionError(f"socket closed ({self.close_code}) before {type_}")

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 CHUNK_MS = 32  # Silero's 512 samples at 16 kHz
 _PRE_ROLL_MS = 320  # Whisper clips the first phoneme without some audio from before the VAD fired
 _MAX_UTTERANCE_MS = 28_000  # Whisper sees 30 s at most
+# Silero's probability needs a chunk or two to climb past the threshold at a word onset (0.4-0.5 on the first
+# 32 ms of a clipped 300 ms burst): the chunks just before the onset that were already above the release level
+# are counted as speech, up to this many, so a 300 ms utterance measures ~300 ms rather than ~250.
+_MAX_ONSET_CHUNKS = 2
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class TurnDetector:
         self.min_interrupt_ms = min_interrupt_ms
         self.min_speech_ms = min_speech_ms
         self._pre_roll: deque[bytes] = deque(maxlen=_PRE_ROLL_MS // CHUNK_MS)
+        self._onset_chunks = 0  # trailing pre-roll chunks already above the release level
         self._reset()
 
     def _reset(self) -> None:
@@ -60,11 +65,16 @@ class TurnDetector:
         if not self.in_speech:
             if prob < self.threshold:
                 self._pre_roll.append(pcm)
+                self._onset_chunks = (
+                    min(self._onset_chunks + 1, _MAX_ONSET_CHUNKS) if prob >= self.release else 0
+                )
                 return events
             self.in_speech = True
             self._speaking = True
             self._audio = list(self._pre_roll)
             self._pre_roll.clear()
+            self._speech_run_ms = self._onset_chunks * CHUNK_MS
+            self._onset_chunks = 0
         self._audio.append(pcm)
         voiced = prob >= (self.release if self._speaking else self.threshold)
         if voiced:

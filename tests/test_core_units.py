@@ -493,6 +493,21 @@ def test_turns_hysteresis_keeps_soft_speech_inside_the_utterance() -> None:
     assert d.feed([0.6]) == ["resumed"]
 
 
+def test_turns_onset_counts_the_rising_chunks_before_the_threshold() -> None:
+    # Silero at a clipped word onset: 0.46 on the first 32 ms, then above 0.9 (bench: a 300 ms burst).
+    d = Feeder(TurnDetector(threshold=0.5, min_interrupt_ms=250))
+    d.feed([QUIET] * 5 + [0.46] + [SPEECH] * 7)
+    assert d.at("interrupt") == [12], "the 0.46 chunk counts: 8 chunks = 256 ms reach min_interrupt_ms"
+    # Only the last couple of chunks before onset count, and only when above the release level.
+    d = Feeder(TurnDetector(threshold=0.5, min_interrupt_ms=250))
+    d.feed([0.4] * 6 + [SPEECH] * 5)
+    assert d.at("interrupt") == [], "at most two rising chunks: 2 + 5 chunks = 224 ms"
+    assert d.feed([SPEECH]) == ["interrupt"]
+    d = Feeder(TurnDetector(threshold=0.5, min_interrupt_ms=250))
+    d.feed([0.2] * 3 + [SPEECH] * 7)
+    assert d.at("interrupt") == [], "chunks below the release level are not speech"
+
+
 def test_turns_interrupt_only_once_across_pauses() -> None:
     d = Feeder(TurnDetector(min_interrupt_ms=250, end_of_turn_ms=500))
     for _ in range(4):
