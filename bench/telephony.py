@@ -73,11 +73,11 @@ class CountingVAD:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.sample_rate = engine.sample_rate
-        self.chunk_samples = engine.chunk_samples
+        self.sample_rates = engine.sample_rates
         self.capabilities = engine.capabilities
 
-    def new_state(self) -> Any:
-        state = self.engine.new_state()
+    def new_state(self, sample_rate: int = 16000) -> Any:
+        state = self.engine.new_state(sample_rate)
         state.bench_chunks = 0
         return state
 

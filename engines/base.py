@@ -61,16 +61,21 @@ class GenerationOptions:
 
 @runtime_checkable
 class VADEngine(Protocol):
-    """Speech probability per fixed-size chunk, batched across independent streams."""
+    """Speech probability per 32 ms chunk, batched across independent streams.
+
+    ``sample_rates`` lists the rates the model scores natively (8 kHz phone audio needs no resampling when
+    it is there); ``sample_rate`` is the one other audio is resampled to. A state belongs to one rate.
+    """
 
     sample_rate: int
-    chunk_samples: int
+    sample_rates: tuple[int, ...]
     capabilities: Capabilities
 
-    def new_state(self) -> Any: ...
+    def new_state(self, sample_rate: int = 16000) -> Any: ...
 
     def speech_probs(self, states: list[Any], chunks: np.ndarray) -> np.ndarray:
-        """``chunks`` is float32 [n, chunk_samples], one row per stream; updates ``states`` in place."""
+        """``chunks`` is float32 [n, 32 ms of samples], one row per stream, all streams at one rate;
+        updates ``states`` in place."""
         ...
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engines.base import GenerationOptions
-from pipeline.audio import pcm16_to_float
+from pipeline.audio import pcm16_to_float, resample
 from pipeline.codec import InputBacklog, InputDecoder, WireEncoder
 from pipeline.frames import EndOfResponse, Frame, TTSAudio
 from pipeline.outbox import Outbox
@@ -31,7 +31,6 @@ from pipeline.turns import CHUNK_MS, TurnDetector, TurnEvent
 
 log = logging.getLogger("voxgate.session")
 
-_VAD_CHUNK_BYTES = 1024  # 512 samples of PCM16
 
 
 class SessionError(Exception):
@@ -151,8 +150,18 @@ class Session:
         self.flow_id: str | None = None
         self.flow_version: int | None = None
         self.outcome: str | None = None
+        # Caller audio stays at the wire rate when the VAD scores it natively (8 kHz phone calls): no
+        # per-frame resampling; STT gets each utterance resampled to 16 kHz once.
+        vad = runtime.vad
+        self.vad_rate = config.input_rate if config.input_rate in vad.sample_rates else vad.sample_rate
+        self._vad_chunk_bytes = self.vad_rate * CHUNK_MS // 1000 * 2
         self.recording = (
-            SessionRecording(Path(config.recording_dir) / self.id, config.output_rate, config.output_encoding)
+            SessionRecording(
+                Path(config.recording_dir) / self.id,
+                config.output_rate,
+                config.output_encoding,
+                caller_rate=self.vad_rate,
+            )
             if config.recording_dir
             else None
         )
@@ -164,13 +173,13 @@ class Session:
         self._run: _Run | None = None  # the answer the caller hears (or is about to)
         self._held: _Run | None = None  # a speculative answer, held until the turn really ends
         self._runs: dict[str, _Run] = {}
-        self._decoder = InputDecoder(config.input_rate, config.input_encoding)
-        self._backlog = InputBacklog(config.max_input_backlog_s)
+        self._decoder = InputDecoder(config.input_rate, config.input_encoding, self.vad_rate)
+        self._backlog = InputBacklog(config.max_input_backlog_s, self.vad_rate)
         self._has_input = asyncio.Event()
         self._overrun_reported = False
         self._vad_changed = False
         self._detector = self._new_detector()
-        self._vad_state = runtime.vad.new_state()
+        self._vad_state = vad.new_state(self.vad_rate)
         self._speculative: asyncio.Task[str] | None = None
         self._partial_task: asyncio.Task[None] | None = None
         self._last_partial_ms = 0
@@ -267,7 +276,7 @@ class Session:
             self.recording.caller(pcm)
         lost = self._backlog.write(pcm)
         if lost:
-            self.rt.metrics.dropped_input.inc(lost / 2 / 16000)
+            self.rt.metrics.dropped_input.inc(lost / 2 / self.vad_rate)
             if not self._overrun_reported:
                 self._overrun_reported = True
                 self._spawn(
@@ -355,7 +364,7 @@ class Session:
 
     async def _input_loop(self) -> None:
         while True:
-            chunk = self._backlog.read(_VAD_CHUNK_BYTES)
+            chunk = self._backlog.read(self._vad_chunk_bytes)
             if chunk is None:
                 self._has_input.clear()
                 await self._has_input.wait()
@@ -404,14 +413,17 @@ class Session:
     async def _transcribe(self, pcm: bytes, stage: str = "stt") -> str:
         """Whisper on ``pcm`` through the shared STT worker; ``stage`` names it in the latency metrics."""
         start = time.monotonic()
-        transcript = await self.rt.stt_worker.run(
-            self.rt.stt.transcribe, pcm16_to_float(pcm), self.config.language
-        )
+        transcript = await self.rt.stt_worker.run(self._stt_call, pcm)
         ms = round((time.monotonic() - start) * 1000, 1)
         self.rt.metrics.observe_ms(stage, ms)
         if stage == "stt":
             self._stt_ms = ms
         return transcript.text.strip()
+
+    def _stt_call(self, pcm: bytes) -> Any:
+        """On the STT thread: the utterance at 16 kHz (Whisper's rate), transcribed."""
+        audio = pcm16_to_float(resample(pcm, self.vad_rate, 16000))
+        return self.rt.stt.transcribe(audio, self.config.language)
 
     async def _speculate(self, pcm: bytes, speech_end: float) -> str:
         """Transcribe while the end-of-turn silence runs, then start the answer on hold.

@@ -189,7 +189,7 @@ class VadBatcher:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="vad-batcher")
 
     async def speech_prob(self, state: Any, chunk: np.ndarray) -> float:
-        """Probability that ``chunk`` (float32, ``engine.chunk_samples``) holds speech, for one stream."""
+        """Probability that ``chunk`` (float32, 32 ms at the state's rate) holds speech, for one stream."""
         self.start()
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._pending.append((state, chunk, future))
@@ -209,20 +209,32 @@ class VadBatcher:
             batch = [item for item in batch if not item[2].done()]
             if not batch:
                 continue
-            states = [item[0] for item in batch]
-            chunks = np.stack([item[1] for item in batch])
-            try:
-                probs = await loop.run_in_executor(self._executor, self.engine.speech_probs, states, chunks)
-            except Exception as exc:  # every waiting session learns of the failure; the batcher lives on
-                for _, _, future in batch:
+            # Streams at different rates (8 kHz phone calls, 16 kHz the rest) score in separate model calls.
+            groups: dict[int, list[tuple[Any, np.ndarray, asyncio.Future[float]]]] = {}
+            for item in batch:
+                groups.setdefault(len(item[1]), []).append(item)
+            results = await loop.run_in_executor(self._executor, self._score, list(groups.values()))
+            for group, result in results:
+                if isinstance(result, Exception):  # every waiting session learns of it; the batcher lives on
+                    for _, _, future in group:
+                        if not future.done():
+                            future.set_exception(result)
+                    continue
+                self.batches += 1
+                self.chunks += len(group)
+                for (_, _, future), prob in zip(group, result, strict=True):
                     if not future.done():
-                        future.set_exception(exc)
-                continue
-            self.batches += 1
-            self.chunks += len(batch)
-            for (_, _, future), prob in zip(batch, probs, strict=True):
-                if not future.done():
-                    future.set_result(float(prob))
+                        future.set_result(float(prob))
+
+    def _score(self, groups: list[list[Any]]) -> list[tuple[list[Any], np.ndarray | Exception]]:
+        results: list[tuple[list[Any], np.ndarray | Exception]] = []
+        for group in groups:
+            try:
+                states = [item[0] for item in group]
+                results.append((group, self.engine.speech_probs(states, np.stack([item[1] for item in group]))))
+            except Exception as exc:
+                results.append((group, exc))
+        return results
 
     async def close(self) -> None:
         await cancel_and_wait(self._task)

@@ -714,6 +714,7 @@ class ContentVAD:
     """Fake VAD: a row's probability is its first sample; records batch sizes and counts per stream."""
 
     sample_rate = 16000
+    sample_rates = (16000,)
     chunk_samples = 512
     capabilities = Capabilities(batched=True)
 
@@ -723,11 +724,12 @@ class ContentVAD:
         self.batch_sizes: list[int] = []
         self.threads: set[int] = set()
 
-    def new_state(self) -> dict[str, int]:
+    def new_state(self, sample_rate: int = 16000) -> dict[str, int]:
         return {"chunks": 0}
 
     def speech_probs(self, states: list[dict[str, int]], chunks: np.ndarray) -> np.ndarray:
-        assert chunks.shape == (len(states), self.chunk_samples) and chunks.dtype == np.float32
+        assert chunks.shape == (len(states), self.chunk_samples or chunks.shape[1])
+        assert chunks.dtype == np.float32
         self.threads.add(threading.get_ident())
         self.batch_sizes.append(len(states))
         time.sleep(self.delay_s)  # inference takes time: later requests pile up into the next batch
@@ -765,6 +767,30 @@ async def test_vad_batcher_coalesces_concurrent_sessions() -> None:
     assert max(vad.batch_sizes) > 1
     assert all(s["chunks"] == steps for s in states), "each stream's state is updated once per chunk"
     assert threading.get_ident() not in vad.threads
+
+
+async def test_vad_batcher_scores_each_rate_in_its_own_model_call() -> None:
+    vad = ContentVAD()
+    vad.chunk_samples = None  # rows of 256 (8 kHz) and 512 (16 kHz) samples both arrive
+    seen: list[tuple[int, int]] = []
+    score = vad.speech_probs
+
+    def speech_probs(states: list[dict[str, int]], chunks: np.ndarray) -> np.ndarray:
+        seen.append(chunks.shape)
+        return score(states, chunks)
+
+    vad.speech_probs = speech_probs  # type: ignore[method-assign]
+    batcher = VadBatcher(vad)
+    try:
+        calls = [
+            batcher.speech_prob(vad.new_state(), np.full(256 * (1 + i % 2), i / 10, np.float32))
+            for i in range(6)
+        ]
+        probs = await asyncio.wait_for(asyncio.gather(*calls), 5.0)
+    finally:
+        await batcher.close()
+    assert probs == pytest.approx([i / 10 for i in range(6)])
+    assert sorted(seen) == [(3, 256), (3, 512)], "one call per rate, each with its three streams"
 
 
 async def test_vad_batcher_failure_reaches_every_waiter_and_batcher_lives_on() -> None:

@@ -43,14 +43,14 @@ class FakeVAD:
     """Speech probability from the chunk's energy: a tone is speech, silence is not. Can be slow."""
 
     sample_rate = 16000
-    chunk_samples = 512
+    sample_rates = (16000,)
     capabilities = Capabilities(batched=True)
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
         self.batch_sizes: list[int] = []
 
-    def new_state(self) -> dict[str, int]:
+    def new_state(self, sample_rate: int = 16000) -> dict[str, int]:
         return {"chunks": 0}
 
     def speech_probs(self, states: list[Any], chunks: np.ndarray) -> np.ndarray:
