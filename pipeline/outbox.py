@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,10 @@ class Outbox:
         self._audio = 0
         self.max_events = max_events
         self.max_audio = max_audio
-        self._changed = asyncio.Condition()
+        # Two events rather than a Condition: a frame goes in and out without taking a lock, and a writer
+        # that finds items waiting never suspends (50 frames a second per call add up at hundreds of calls).
+        self._readable = asyncio.Event()  # items waiting, or closed
+        self._room = asyncio.Event()  # something left or was purged: blocked producers look again
         self.closed = False
         self.generation = 0  # bumped by every purge; frames made before it are stale
 
@@ -39,23 +43,27 @@ class Outbox:
     def depth(self) -> int:
         return len(self._items)
 
+    async def _wait_for_room(self, full: Callable[[], bool]) -> None:
+        while full() and not self.closed:
+            self._room.clear()
+            await self._room.wait()
+
     async def put_event(self, event: dict[str, Any]) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._events < self.max_events or self.closed)
-            if self.closed:
-                return
-            self._items.append(event)
-            self._events += 1
-            self._changed.notify_all()
+        await self._wait_for_room(lambda: self._events >= self.max_events)
+        if self.closed:
+            return
+        self._items.append(event)
+        self._events += 1
+        self._readable.set()
 
     async def put_audio(self, frame: OutAudio) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._audio < self.max_audio or self.closed)
-            if self.closed or frame.generation != self.generation:
-                return
-            self._items.append(frame)
-            self._audio += 1
-            self._changed.notify_all()
+        if self._audio >= self.max_audio:
+            await self._wait_for_room(lambda: self._audio >= self.max_audio)
+        if self.closed or frame.generation != self.generation:
+            return
+        self._items.append(frame)
+        self._audio += 1
+        self._readable.set()
 
     def purge_audio(self) -> int:
         """Drop every queued audio frame; returns how many. Synchronous, so nothing can slip out meanwhile."""
@@ -64,28 +72,25 @@ class Outbox:
         self._items = kept
         self._audio = 0
         self.generation += 1
-        asyncio.get_running_loop().create_task(self._notify())
+        self._room.set()
         return dropped
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     async def get(self) -> dict[str, Any] | OutAudio | None:
         """The next thing to write; None once closed and drained."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._items) or self.closed)
-            if not self._items:
+        while not self._items:
+            if self.closed:
                 return None
-            item = self._items.popleft()
-            if isinstance(item, OutAudio):
-                self._audio -= 1
-            else:
-                self._events -= 1
-            self._changed.notify_all()
-            return item
+            self._readable.clear()
+            await self._readable.wait()
+        item = self._items.popleft()
+        if isinstance(item, OutAudio):
+            self._audio -= 1
+        else:
+            self._events -= 1
+        self._room.set()
+        return item
 
     async def close(self) -> None:
-        async with self._changed:
-            self.closed = True
-            self._changed.notify_all()
+        self.closed = True
+        self._readable.set()
+        self._room.set()
