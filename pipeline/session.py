@@ -32,7 +32,6 @@ from pipeline.turns import CHUNK_MS, TurnDetector, TurnEvent
 log = logging.getLogger("voxgate.session")
 
 
-
 class SessionError(Exception):
     """A client mistake with a stable ``code``; the session goes on."""
 

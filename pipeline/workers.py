@@ -231,7 +231,9 @@ class VadBatcher:
         for group in groups:
             try:
                 states = [item[0] for item in group]
-                results.append((group, self.engine.speech_probs(states, np.stack([item[1] for item in group]))))
+                results.append(
+                    (group, self.engine.speech_probs(states, np.stack([item[1] for item in group])))
+                )
             except Exception as exc:
                 results.append((group, exc))
         return results
