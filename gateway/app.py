@@ -71,7 +71,10 @@ class AppState:
         self.store = await Store.open(
             self.settings.storage_url(), write_interval_s=self.settings.storage_write_interval_s
         )
-        self.recorder = StoreRecorder(self.store.writer)
+        self.recorder = StoreRecorder(self.store.writer, self.settings.instance_id)
+        orphans = await self.store.close_orphaned_sessions(self.settings.instance_id)
+        if orphans:
+            log.warning("closed %d sessions left open by a previous run that did not shut down", orphans)
         if self.store.fresh and self.settings.load_example_flows:
             for document in example_flows():
                 await self.store.save_flow(document["id"], document["name"], document)

@@ -175,7 +175,13 @@ async def load_stored_flow(state: Any, flow_id: str, version: str | None = None)
 
 def attach_flow(session: Session, state: Any, flow: Flow, call: CallControl | None = None) -> FlowAgent:
     """Make ``flow`` the session's agent (before ``session.start()``)."""
-    agent = FlowAgent(session, flow, complete=engine_complete(state.runtime), http=state.flow_http, call=call)
+    agent = FlowAgent(
+        session,
+        flow,
+        complete=engine_complete(state.runtime, state.settings.llm_schema_format),
+        http=state.flow_http,
+        call=call,
+    )
     session.agent = agent
     session.flow_id, session.flow_version = flow.id, flow.version
     return agent

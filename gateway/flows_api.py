@@ -142,7 +142,11 @@ async def generate_flow(request: Request) -> Response:
     state = app_state(request)
     if state.runtime is None:
         raise HTTPException(503, "models are still loading")
-    result = await draft_flow(body.description, engine_complete(state.runtime), max_tokens=body.max_tokens)
+    result = await draft_flow(
+        body.description,
+        engine_complete(state.runtime, state.settings.llm_schema_format),
+        max_tokens=body.max_tokens,
+    )
     return JSONResponse(
         {
             "flow": result.flow,

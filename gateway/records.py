@@ -12,12 +12,13 @@ from storage.writer import WriteQueue
 class StoreRecorder:
     """A :class:`pipeline.session.SessionRecorder` that queues full row snapshots for batched writing."""
 
-    def __init__(self, writer: WriteQueue) -> None:
+    def __init__(self, writer: WriteQueue, instance_id: str = "") -> None:
         self.writer = writer
+        self.instance_id = instance_id
 
     def changed(self, session: Session, turn: TurnRecord | None = None) -> None:
         # The session row always goes too: its turn count and end state change with its turns.
-        self.writer.upsert("sessions", session_row(session))
+        self.writer.upsert("sessions", session_row(session, self.instance_id))
         if turn is not None:
             self.writer.upsert("turns", turn_row(session, turn))
         elif session.recording is not None:  # the session started or closed: where its tracks are
@@ -28,7 +29,7 @@ class StoreRecorder:
                 )
 
 
-def session_row(session: Session) -> dict[str, Any]:
+def session_row(session: Session, instance_id: str = "") -> dict[str, Any]:
     return {
         "id": session.id,
         "transport": session.config.transport,
@@ -41,7 +42,8 @@ def session_row(session: Session) -> dict[str, Any]:
         "outcome": session.outcome,
         "dropped_input_ms": round(session.dropped_input_s * 1000),
         "turn_count": len(session.turns),
-        "extra": {"dtmf": list(session.dtmf_digits)},
+        # Which gateway owns the live session: the one that closes it if the process dies under it.
+        "extra": {"dtmf": list(session.dtmf_digits), "instance": instance_id},
     }
 
 

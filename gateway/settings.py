@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     storage_write_interval_s: float = Field(
         0.2, gt=0, le=1.0, description="batched writes go out this often (a crash loses at most this much)"
     )
+    instance_id: str = Field(
+        "",
+        max_length=64,
+        description="names this gateway among several sharing one database (stable across restarts, e.g. "
+        "the pod name); at start-up it closes the sessions it left open when it was killed",
+    )
     retention_days: float | None = Field(
         None, gt=0, description="delete sessions and recordings older than this many days (off when unset)"
     )
@@ -146,6 +152,11 @@ class Settings(BaseSettings):
         16, ge=0, description="past user/assistant messages the LLM sees (the context window is finite)"
     )
     llm_temperature: float = 0.0
+    llm_schema_format: Literal["json_schema", "json_object", "guided_json"] = Field(
+        "json_schema",
+        description="how flows send a JSON schema to an OpenAI-compatible server: json_schema (OpenAI, vLLM, "
+        "llama.cpp llama-server), json_object (llama-cpp-python's server), guided_json (vLLM)",
+    )
     tts_engine: Literal["piper", "espeak"] = "piper"
     tts_voice: str = "en_US-joe-medium"
     tts_threads: int = Field(2, ge=1, description="Piper's ONNX threads (the LLM pauses while TTS runs)")

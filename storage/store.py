@@ -134,6 +134,35 @@ class Store:
         await asyncio.to_thread(_remove_files, paths)
         return result.rowcount
 
+    async def close_orphaned_sessions(self, instance_id: str = "") -> int:
+        """Close the sessions a killed gateway (this ``instance_id``) left open; returns how many.
+
+        Run at start-up, before any session of this process exists. ``closed_at`` is the last sign of life
+        on record (the session's last turn, else its start); ``close_reason`` is ``server_lost``. Sessions
+        of other instances sharing the database are left alone.
+        """
+        async with self.engine.begin() as conn:
+            open_rows = (
+                await conn.execute(
+                    select(sessions.c.id, sessions.c.created_at, sessions.c.extra).where(
+                        sessions.c.closed_at.is_(None)
+                    )
+                )
+            ).all()
+            mine = [r for r in open_rows if (r.extra or {}).get("instance", "") == instance_id]
+            for row in mine:
+                last_turn = (
+                    await conn.execute(
+                        select(func.max(turns.c.started_at)).where(turns.c.session_id == row.id)
+                    )
+                ).scalar_one()
+                await conn.execute(
+                    sessions.update()
+                    .where(sessions.c.id == row.id)
+                    .values(closed_at=max(row.created_at, last_turn or 0.0), close_reason="server_lost")
+                )
+        return len(mine)
+
     async def count_sessions(self) -> int:
         async with self.engine.connect() as conn:
             return (await conn.execute(select(func.count()).select_from(sessions))).scalar_one()

@@ -18,6 +18,7 @@ import pytest
 from engines.base import GenerationOptions, LLMEngine
 from engines.llm_llama import LlamaCppLLM
 from engines.llm_openai import LLMError, OpenAICompatibleLLM
+from gateway.flow_llm import schema_constraint
 from tests.conftest import free_port
 from tests.llama_server import LlamaServer
 
@@ -153,6 +154,21 @@ def test_llama_json_schema_gives_valid_json(llama: LlamaCppLLM) -> None:
     assert isinstance(value.get("city"), str)
 
 
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 20}, "population": {"type": "integer"}},
+    "required": ["city", "population"],
+}
+CITY_PROMPT = [{"role": "user", "content": "Name a big city and its population."}]
+
+
+@pytest.mark.parametrize("form", ["json_schema", "json_object", "guided_json"])
+def test_llama_follows_every_schema_form(llama: LlamaCppLLM, form: str) -> None:
+    options = GenerationOptions(max_tokens=40, extra=schema_constraint(CITY_SCHEMA, form))  # type: ignore[arg-type]
+    value = json.loads("".join(llama.stream_chat(CITY_PROMPT, options)))
+    assert isinstance(value["city"], str) and isinstance(value["population"], int), value
+
+
 def test_llama_continues_assistant_prefix(llama: LlamaCppLLM) -> None:
     partial = "The capital of France"
     messages = [*CAPITAL, {"role": "assistant", "content": partial, "prefix": True}]
@@ -190,6 +206,13 @@ def test_openai_extra_passthrough(remote: OpenAICompatibleLLM, server_url: str) 
     with OpenAICompatibleLLM(server_url, model="smollm2", extra_body={"grammar": YES_NO}) as constrained:
         from_constructor = "".join(constrained.stream_chat(question, GenerationOptions(max_tokens=5)))
     assert from_constructor in {"yes", "no"}, from_constructor
+
+
+def test_openai_schema_as_json_object_constrains_llama_cpp_python_server(remote: OpenAICompatibleLLM) -> None:
+    # llm_schema_format=json_object: the form llama-cpp-python's server turns into a grammar.
+    options = GenerationOptions(max_tokens=40, extra=schema_constraint(CITY_SCHEMA, "json_object"))
+    value = json.loads("".join(remote.stream_chat(CITY_PROMPT, options)))
+    assert isinstance(value["city"], str) and isinstance(value["population"], int), value
 
 
 def test_openai_unreachable_raises_quickly() -> None:

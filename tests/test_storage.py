@@ -219,6 +219,36 @@ async def test_delete_removes_turns_and_recordings(db_url: str, tmp_path: Path) 
         await store.close()
 
 
+async def test_sessions_left_open_by_a_killed_gateway_are_closed_by_its_next_start(db_url: str) -> None:
+    store = await Store.open(db_url)
+    try:
+        store.writer.upsert("sessions", session_row("a-open", 10.0, extra={"instance": "a"}))
+        store.writer.upsert("turns", turn_row("t1", "a-open", 0, started_at=25.0))
+        store.writer.upsert("sessions", session_row("a-quiet", 30.0, extra={"instance": "a"}))
+        store.writer.upsert(
+            "sessions",
+            session_row(
+                "a-done", 5.0, closed_at=9.0, close_reason="client_disconnected", extra={"instance": "a"}
+            ),
+        )
+        store.writer.upsert("sessions", session_row("b-open", 40.0, extra={"instance": "b"}))
+        store.writer.upsert("sessions", session_row("legacy-open", 50.0))  # written before instances existed
+        await store.writer.flush()
+        assert await store.close_orphaned_sessions("a") == 2
+        closed = await store.get_session("a-open")
+        assert closed["closed_at"] == 25.0 and closed["close_reason"] == "server_lost"  # its last turn
+        quiet = await store.get_session("a-quiet")
+        assert quiet["closed_at"] == 30.0 and quiet["close_reason"] == "server_lost"  # no turn: its start
+        done = await store.get_session("a-done")
+        assert done["closed_at"] == 9.0 and done["close_reason"] == "client_disconnected"
+        assert (await store.get_session("b-open"))["closed_at"] is None, "another gateway's live session"
+        assert (await store.get_session("legacy-open"))["closed_at"] is None
+        assert await store.close_orphaned_sessions("") == 1  # the default instance owns rows without one
+        assert await store.close_orphaned_sessions("a") == 0
+    finally:
+        await store.close()
+
+
 async def test_retention_deletes_only_old_sessions(db_url: str) -> None:
     store = await Store.open(db_url)
     try:

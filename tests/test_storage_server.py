@@ -212,7 +212,9 @@ async def test_turns_survive_restart_sigterm_and_sigkill(db_url: str, tmp_path: 
     third = ServerProcess(tmp_path, db_url).start()
     try:
         killed = third.session(killed_id)
-        assert killed["closed_at"] is None  # it never closed: the process died under it
+        # It never closed (the process died under it); the next start closes it at its last sign of life.
+        assert killed["close_reason"] == "server_lost"
+        assert killed["closed_at"] == killed["turns"][-1]["started_at"]
         assert [t["response_text"] for t in killed["turns"]] == [killed_done["text"]]
         listed = httpx.get(f"{third.http}/v1/sessions").json()["sessions"]
         assert {voice_id, open_id, killed_id} <= {s["session_id"] for s in listed}
