@@ -9,6 +9,7 @@ import asyncio
 import json
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,9 +161,28 @@ class VoiceClient:
 
     async def wait_for(self, type_: str, timeout: float = 30.0, count: int = 1) -> dict[str, Any]:
         """The ``count``-th event of a type (waiting for it); raises TimeoutError."""
+        return await self._wait(
+            type_, lambda events: events[count - 1] if len(events) >= count else None, timeout, f"#{count}"
+        )
 
+    async def wait_for_response(self, type_: str, response_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The event of a type for one response (``response.text.done`` of a given answer, ...)."""
+        return await self._wait(
+            type_,
+            lambda events: next((e for e in events if e.get("response_id") == response_id), None),
+            timeout,
+            f"for {response_id}",
+        )
+
+    async def _wait(
+        self,
+        type_: str,
+        pick: Callable[[list[dict[str, Any]]], dict[str, Any] | None],
+        timeout: float,
+        what: str,
+    ) -> dict[str, Any]:
         def found() -> bool:
-            return len(self.received.of(type_)) >= count or self.close_code is not None
+            return pick(self.received.of(type_)) is not None or self.close_code is not None
 
         try:
             async with self._changed:
@@ -170,11 +190,11 @@ class VoiceClient:
         except TimeoutError:
             # Say what did arrive: a timeout alone tells nothing about why the awaited event never came.
             seen = [e for _, e in self.received.events if not e["type"].endswith(".delta")][-30:]
-            raise TimeoutError(f"no {type_} #{count} within {timeout} s; last events: {seen}") from None
-        events = self.received.of(type_)
-        if len(events) < count:
-            raise ConnectionError(f"socket closed ({self.close_code}) before {type_}")
-        return events[count - 1]
+            raise TimeoutError(f"no {type_} {what} within {timeout} s; last events: {seen}") from None
+        event = pick(self.received.of(type_))
+        if event is None:
+            raise ConnectionError(f"socket closed ({self.close_code}) before {type_} {what}")
+        return event
 
 
 def pcm_from_float(audio: np.ndarray) -> bytes:

@@ -71,6 +71,9 @@ class InputBacklog:
         self.dropped_bytes += lost
         return lost
 
+    def holds(self, nbytes: int) -> bool:
+        return len(self._buffer) >= nbytes
+
     def read(self, nbytes: int) -> bytes | None:
         if len(self._buffer) < nbytes:
             return None

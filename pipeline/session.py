@@ -287,7 +287,10 @@ class Session:
                 )
         elif self._overrun_reported and self._backlog.seconds < self.config.max_input_backlog_s / 2:
             self._overrun_reported = False
-        self._has_input.set()
+        if self._backlog.holds(self._vad_chunk_bytes):
+            # Only a whole chunk is worth waking the input loop for: 20 ms frames make a 32 ms chunk
+            # every second or third frame.
+            self._has_input.set()
 
     async def submit_text(self, text: str) -> None:
         """A typed user turn: interrupts the agent if it is speaking, then gets an answer."""
