@@ -798,14 +798,23 @@ class Session:
             response.history_entry = entry
 
     def _context(self) -> list[dict[str, Any]]:
-        """What the LLM sees: the instructions and the most recent ``history_messages`` of the conversation.
+        """What the LLM sees: the instructions and at most ``history_messages`` recent messages.
 
         A small model's context window (2048 tokens for the embedded one) would otherwise fill up in a long
-        call; the full history stays in ``self.history`` and the session record.
+        call; the full history stays in ``self.history`` and the session record. The window slides in steps
+        of half its size, not a message at a time: llama.cpp reuses its KV cache only for an unchanged
+        prompt prefix, and re-reading the whole context on every turn cost ~0.9 s of first-token time on
+        2 cores (bench/latency.py, turns past the window). Stepping keeps the prefix for several turns.
         """
         system, rest = self.history[0], self.history[1:]
         keep = self.config.history_messages
-        window = rest[-keep:] if keep > 0 else []
+        if keep <= 0:
+            window: list[dict[str, Any]] = []
+        elif len(rest) <= keep:
+            window = rest
+        else:
+            step = max(1, keep // 2)
+            window = rest[((len(rest) - keep) // step + 1) * step :]
         while window and window[0]["role"] == "assistant":
             window = window[1:]  # chat templates expect the conversation to open with the user
         return [system, *window]

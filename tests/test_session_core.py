@@ -639,6 +639,22 @@ async def test_llm_sees_a_bounded_window_of_history() -> None:
     assert len(h.session.history) == 1 + 2 * 5  # the full history is kept for the record
 
 
+async def test_history_window_slides_in_steps_so_the_prompt_prefix_holds() -> None:
+    llm = FakeLLM("Fine.", delay_s=0.0)
+    async with harness(llm=llm, tts=FakeTTS(ms_per_word=20), mic=False, history_messages=8) as h:
+        for n in range(8):
+            await h.session.submit_text(f"question {n}")
+            done = n + 1
+            await wait_until(lambda: len(h.rec.events("response.audio.done")) >= done, 8.0, "answer {n}")  # noqa: B023
+            await asyncio.sleep(0.4)
+    windows = [call[1:] for call in llm.calls]
+    assert all(len(w) <= 8 for w in windows)
+    # The first message after the instructions (the cached prefix) changes every other turn, not every turn.
+    firsts = [w[0]["content"] for w in windows]
+    assert firsts == ["question 0"] * 4 + ["question 2"] * 2 + ["question 4"] * 2, firsts
+    assert all(w[-1]["content"] == f"question {n}" for n, w in enumerate(windows))
+
+
 async def test_vad_update_during_an_utterance_applies_to_the_next_one() -> None:
     async with harness(mic=False) as h:
         h.session._detector.in_speech = True  # an utterance is open
