@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from engines.base import GenerationOptions
 from flows.runner import CompleteFn
+from gateway.settings import SchemaFormat
 from pipeline.runtime import Runtime
-
-SchemaFormat = Literal["json_schema", "json_object", "guided_json"]
 
 
 def schema_constraint(schema: dict[str, Any], form: SchemaFormat = "json_schema") -> dict[str, Any]:

@@ -16,6 +16,9 @@ from pydantic_settings import (
 
 from pipeline.session import SessionConfig, VadConfig
 
+# How a JSON schema constraint is spelled for an LLM server (see gateway.flow_llm.schema_constraint).
+SchemaFormat = Literal["json_schema", "json_object", "guided_json"]
+
 
 class VadSettings(BaseModel):
     """Turn-taking knobs; a session may override them with ``session.update``."""
@@ -152,7 +155,7 @@ class Settings(BaseSettings):
         16, ge=0, description="past user/assistant messages the LLM sees (the context window is finite)"
     )
     llm_temperature: float = 0.0
-    llm_schema_format: Literal["json_schema", "json_object", "guided_json"] = Field(
+    llm_schema_format: SchemaFormat = Field(
         "json_schema",
         description="how flows send a JSON schema to an OpenAI-compatible server: json_schema (OpenAI, vLLM, "
         "llama.cpp llama-server), json_object (llama-cpp-python's server), guided_json (vLLM)",

@@ -57,8 +57,7 @@ class Outbox:
         self._readable.set()
 
     async def put_audio(self, frame: OutAudio) -> None:
-        if self._audio >= self.max_audio:
-            await self._wait_for_room(lambda: self._audio >= self.max_audio)
+        await self._wait_for_room(lambda: self._audio >= self.max_audio)
         if self.closed or frame.generation != self.generation:
             return
         self._items.append(frame)

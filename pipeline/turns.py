@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-CHUNK_MS = 32  # Silero's 512 samples at 16 kHz
+CHUNK_MS = 32  # Silero's chunk: 512 samples at 16 kHz, 256 at 8 kHz
 _PRE_ROLL_MS = 320  # Whisper clips the first phoneme without some audio from before the VAD fired
 _MAX_UTTERANCE_MS = 28_000  # Whisper sees 30 s at most
 # Silero's probability needs a chunk or two to climb past the threshold at a word onset (0.4-0.5 on the first

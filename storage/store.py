@@ -150,16 +150,23 @@ class Store:
                 )
             ).all()
             mine = [r for r in open_rows if (r.extra or {}).get("instance", "") == instance_id]
-            for row in mine:
-                last_turn = (
+            if not mine:
+                return 0
+            last_turns = dict(
+                (
                     await conn.execute(
-                        select(func.max(turns.c.started_at)).where(turns.c.session_id == row.id)
+                        select(turns.c.session_id, func.max(turns.c.started_at))
+                        .where(turns.c.session_id.in_([r.id for r in mine]))
+                        .group_by(turns.c.session_id)
                     )
-                ).scalar_one()
+                ).all()
+            )
+            for row in mine:
+                closed_at = max(row.created_at, last_turns.get(row.id) or 0.0)
                 await conn.execute(
                     sessions.update()
                     .where(sessions.c.id == row.id)
-                    .values(closed_at=max(row.created_at, last_turn or 0.0), close_reason="server_lost")
+                    .values(closed_at=closed_at, close_reason="server_lost")
                 )
         return len(mine)
 

@@ -624,14 +624,19 @@ async def test_event_loop_lag_stays_low_with_four_sessions_talking() -> None:
         await rt.close()
 
 
+async def _ask_in_turn(h: Any, questions: int) -> None:
+    """Type ``question 0``.. ``question N-1``, each after the previous answer has been heard in full."""
+    for n in range(questions):
+        await h.session.submit_text(f"question {n}")
+        done = n + 1
+        await wait_until(lambda: len(h.rec.events("response.audio.done")) >= done, 8.0, "answer {n}")  # noqa: B023
+        await asyncio.sleep(0.4)  # let the answer finish playing, or the next turn interrupts it
+
+
 async def test_llm_sees_a_bounded_window_of_history() -> None:
     llm = FakeLLM("Fine.", delay_s=0.0)
     async with harness(llm=llm, tts=FakeTTS(ms_per_word=20), mic=False, history_messages=4) as h:
-        for n in range(5):
-            await h.session.submit_text(f"question {n}")
-            done = n + 1
-            await wait_until(lambda: len(h.rec.events("response.audio.done")) >= done, 8.0, "answer {n}")  # noqa: B023
-            await asyncio.sleep(0.4)  # let the answer finish playing, or the next turn interrupts it
+        await _ask_in_turn(h, 5)
         last_call = llm.calls[-1]
     assert last_call[0]["role"] == "system"
     # The 4 most recent messages, less a leading assistant message: a window opens with the user.
@@ -642,11 +647,7 @@ async def test_llm_sees_a_bounded_window_of_history() -> None:
 async def test_history_window_slides_in_steps_so_the_prompt_prefix_holds() -> None:
     llm = FakeLLM("Fine.", delay_s=0.0)
     async with harness(llm=llm, tts=FakeTTS(ms_per_word=20), mic=False, history_messages=8) as h:
-        for n in range(8):
-            await h.session.submit_text(f"question {n}")
-            done = n + 1
-            await wait_until(lambda: len(h.rec.events("response.audio.done")) >= done, 8.0, "answer {n}")  # noqa: B023
-            await asyncio.sleep(0.4)
+        await _ask_in_turn(h, 8)
     windows = [call[1:] for call in llm.calls]
     assert all(len(w) <= 8 for w in windows)
     # The first message after the instructions (the cached prefix) changes every other turn, not every turn.
