@@ -47,6 +47,45 @@ class Settings(BaseSettings):
         None, description="when set, clients must send it as a Bearer token or ?api_key="
     )
 
+    # limits and browser safety (docs/security.md)
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description='other origins whose web pages may call the API and open WebSockets, as JSON: '
+        '["https://app.example.com"] ("*": any). Same-origin pages and clients that send no Origin always may',
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header names to accept, as JSON; empty: on a loopback bind only localhost, "
+        "127.0.0.1 and [::1] (a DNS-rebinding guard), elsewhere any",
+    )
+    max_json_body_bytes: int = Field(
+        1 << 20, ge=1024, description="largest JSON request body; a larger one is refused with 413"
+    )
+    max_form_body_bytes: int = Field(
+        64 << 10, ge=1024, description="largest form or SDP request body (Twilio webhooks, WebRTC offers)"
+    )
+    session_token_ttl_s: float = Field(
+        60.0, gt=0, le=3600, description="life of a browser's one-use session token (POST /v1/sessions/token)"
+    )
+    max_outbox_bytes: int = Field(
+        4 << 20, ge=64 << 10, description="bytes of events and audio a session may owe a slow client"
+    )
+    flow_check_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="time limit for validating one flow (runs off the event loop)"
+    )
+    flow_regex_timeout_ms: int = Field(
+        20, ge=1, le=1000, description="time limit for one collect-node pattern match on a caller's answer"
+    )
+    flow_draft_max_tokens: int = Field(
+        1500, ge=200, le=8000, description="most tokens one POST /v1/flows/generate may ask the LLM for"
+    )
+    twilio_start_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="a Twilio media socket that sends no start event by then is closed"
+    )
+    webrtc_connect_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="a WebRTC peer whose ICE and DTLS setup takes longer is dropped"
+    )
+
     # storage
     database_url: str | None = Field(
         None,
