@@ -61,9 +61,9 @@ class FlowAgent:
         self._deadline = asyncio.create_task(self._watch_deadline())
         await self._speak_step()
 
-    async def user_turn(self, turn: TurnRecord) -> None:
+    async def user_turn(self, turn: TurnRecord, text: str) -> None:
         self._turn = turn
-        await self.runner.on_user_text(turn.user_text)
+        await self.runner.on_user_text(text)
         await self._speak_step()
 
     async def dtmf(self, digit: str) -> None:
