@@ -63,6 +63,9 @@ def build_runtime(settings: Settings, warm: bool = True) -> Runtime:
         queue_size=settings.engine_queue_size,
         llm_concurrency=8 if settings.llm_engine == "openai" else 1,
         llm_shares_cpu=settings.llm_engine == "llama",
+        # Flow drafts get their own in-process instance (weights are memory-mapped, so shared), loaded on
+        # the first draft: they then never hold the callers' LLM for the seconds a draft takes.
+        background_llm_factory=(lambda: build(choices["llm"])) if settings.llm_engine == "llama" else None,
     )
     if warm:
         warm_up(runtime, settings.instructions)

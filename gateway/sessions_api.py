@@ -12,14 +12,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api_common import app_state, require_store, unprocessable, validation_detail
+from pipeline.session import Session
 from storage.store import BadCursor, SessionQuery
 
 
 class SessionListParams(BaseModel):
     """Query parameters of ``GET /v1/sessions``; times are epoch seconds."""
 
-    since: float | None = None
-    until: float | None = None
+    # Finite only: "nan" or "inf" would reach the database as a comparison that matches nothing or all.
+    since: float | None = Field(None, allow_inf_nan=False)
+    until: float | None = Field(None, allow_inf_nan=False)
     flow: str | None = Field(None, max_length=128)
     transport: str | None = Field(None, max_length=32)
     limit: int = Field(50, ge=1, le=500)
@@ -52,7 +54,8 @@ async def get_session(request: Request) -> Response:
     stored = await require_store(request).get_session(session_id)
     if session is not None:
         # Memory knows the turns best (storage lags by a write interval); storage knows the recordings.
-        return JSONResponse({**session.snapshot(), "recordings": (stored or {}).get("recordings", [])})
+        snapshot = session.snapshot() if isinstance(session, Session) else session.snapshot
+        return JSONResponse({**snapshot, "recordings": (stored or {}).get("recordings", [])})
     if stored is None:
         raise HTTPException(404, "no such session")
     return JSONResponse(stored)
@@ -63,13 +66,17 @@ async def delete_session(request: Request) -> Response:
     state = app_state(request)
     session_id = request.path_params["session_id"]
     in_memory = state.sessions.get(session_id)
-    if in_memory is not None:
-        await in_memory.close("deleted")  # no-op if it already ended
+    recording_dir = None
+    if isinstance(in_memory, Session):
+        await in_memory.close("deleted")
+        recording_dir = in_memory.recording.directory if in_memory.recording is not None else None
+    elif in_memory is not None:
+        recording_dir = in_memory.recording_dir
     was_known = state.sessions.forget(session_id)
     deleted = await require_store(request).delete_session(session_id)
-    if in_memory is not None and in_memory.recording is not None:
+    if recording_dir is not None:
         # Its recording rows may still be queued (the queue drops them now): remove the files themselves.
-        await asyncio.to_thread(shutil.rmtree, in_memory.recording.directory, True)
+        await asyncio.to_thread(shutil.rmtree, recording_dir, True)
     if not (deleted or was_known):
         raise HTTPException(404, "no such session")
     return Response(status_code=204)

@@ -289,4 +289,5 @@ def session_config(
         history_messages=s.llm_history_messages,
         transport=transport,
         recording_dir=str(s.recordings_dir) if s.record_audio else None,
+        max_outbox_bytes=s.max_outbox_bytes,
     )

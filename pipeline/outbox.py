@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,12 +27,16 @@ class Outbox:
     interrupt decision" holds even when the socket is slow.
     """
 
-    def __init__(self, max_events: int = 512, max_audio: int = 64) -> None:
+    def __init__(self, max_events: int = 512, max_audio: int = 64, max_bytes: int = 4 << 20) -> None:
         self._items: deque[dict[str, Any] | OutAudio] = deque()
+        self._sizes: deque[int] = deque()  # each item's wire size, in step with _items
         self._events = 0
         self._audio = 0
+        self.bytes = 0
         self.max_events = max_events
         self.max_audio = max_audio
+        # Counting events alone let one client pin ~200 MB with a few hundred large events it never read.
+        self.max_bytes = max_bytes
         # Two events rather than a Condition: a frame goes in and out without taking a lock, and a writer
         # that finds items waiting never suspends (50 frames a second per call add up at hundreds of calls).
         self._readable = asyncio.Event()  # items waiting, or closed
@@ -48,27 +53,39 @@ class Outbox:
             self._room.clear()
             await self._room.wait()
 
-    async def put_event(self, event: dict[str, Any]) -> None:
-        await self._wait_for_room(lambda: self._events >= self.max_events)
-        if self.closed:
-            return
-        self._items.append(event)
-        self._events += 1
+    def _over_bytes(self, size: int) -> bool:
+        # An item larger than the whole budget still goes out once the queue is empty.
+        return bool(self._items) and self.bytes + size > self.max_bytes
+
+    def _append(self, item: dict[str, Any] | OutAudio, size: int) -> None:
+        self._items.append(item)
+        self._sizes.append(size)
+        self.bytes += size
         self._readable.set()
 
+    async def put_event(self, event: dict[str, Any]) -> None:
+        size = len(json.dumps(event, default=str))
+        await self._wait_for_room(lambda: self._events >= self.max_events or self._over_bytes(size))
+        if self.closed:
+            return
+        self._events += 1
+        self._append(event, size)
+
     async def put_audio(self, frame: OutAudio) -> None:
-        await self._wait_for_room(lambda: self._audio >= self.max_audio)
+        size = len(frame.payload)
+        await self._wait_for_room(lambda: self._audio >= self.max_audio or self._over_bytes(size))
         if self.closed or frame.generation != self.generation:
             return
-        self._items.append(frame)
         self._audio += 1
-        self._readable.set()
+        self._append(frame, size)
 
     def purge_audio(self) -> int:
         """Drop every queued audio frame; returns how many. Synchronous, so nothing can slip out meanwhile."""
-        kept = deque(item for item in self._items if not isinstance(item, OutAudio))
+        kept = [(i, n) for i, n in zip(self._items, self._sizes, strict=True) if not isinstance(i, OutAudio)]
         dropped = len(self._items) - len(kept)
-        self._items = kept
+        self._items = deque(item for item, _ in kept)
+        self._sizes = deque(size for _, size in kept)
+        self.bytes = sum(self._sizes)
         self._audio = 0
         self.generation += 1
         self._room.set()
@@ -82,6 +99,7 @@ class Outbox:
             self._readable.clear()
             await self._readable.wait()
         item = self._items.popleft()
+        self.bytes -= self._sizes.popleft()
         if isinstance(item, OutAudio):
             self._audio -= 1
         else:
@@ -91,5 +109,14 @@ class Outbox:
 
     async def close(self) -> None:
         self.closed = True
+        self._readable.set()
+        self._room.set()
+
+    def discard(self) -> None:
+        """Forget whatever the client never read: an ended session keeps no buffers."""
+        self.closed = True
+        self._items.clear()
+        self._sizes.clear()
+        self.bytes = self._events = self._audio = 0
         self._readable.set()
         self._room.set()

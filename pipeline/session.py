@@ -72,6 +72,7 @@ class SessionConfig:
     history_messages: int = 16  # past user/assistant messages the LLM sees
     transport: str = "websocket"
     recording_dir: str | None = None  # when set, caller and agent audio go to <dir>/<session id>/*.wav
+    max_outbox_bytes: int = 4 << 20  # what a slow client may be owed before the session waits for it
 
 
 @dataclass
@@ -99,7 +100,9 @@ class TurnAgent(Protocol):
 
     async def start(self) -> None: ...
 
-    async def user_turn(self, turn: TurnRecord) -> None: ...
+    async def user_turn(self, turn: TurnRecord, text: str) -> None:
+        """``text`` is what the caller said: ``turn``'s words, or several turns' that arrived while the
+        agent was busy, joined (one answer, one LLM job, nothing the caller said lost)."""
 
     async def dtmf(self, digit: str) -> None: ...
 
@@ -164,7 +167,7 @@ class Session:
             if config.recording_dir
             else None
         )
-        self.outbox = Outbox()
+        self.outbox = Outbox(max_bytes=config.max_outbox_bytes)
         self.pacer = OutputPacer(self.outbox, config.lead_ms, on_release=self._on_release)
         self.history: list[dict[str, Any]] = [{"role": "system", "content": config.instructions}]
         self.turns: list[TurnRecord] = []
@@ -188,6 +191,9 @@ class Session:
         self._stt_ms: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._agent_chain: asyncio.Task[None] | None = None
+        # Caller turns waiting for the agent's next step (a flood of typed turns makes one step, not one each).
+        self._agent_inbox: list[TurnRecord] | None = None
+        self._inbox_step: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
         self.last_activity = time.monotonic()
         self.closed = asyncio.Event()
@@ -510,7 +516,7 @@ class Session:
         self._record(turn)
         if self.agent is not None:
             self.agent.caller_active()
-            self.agent_step(self.agent.user_turn(turn))
+            self._give_agent_turn(turn)
             return
         self.history.append({"role": "user", "content": turn.user_text})
         await self._start_response(turn, self._context(), speech_end=speech_end)
@@ -524,6 +530,21 @@ class Session:
         await self._start_response(turn, [], spoken_prefix=text, fixed_text=True)
         assert self._run is not None
         return self._run.response
+
+    def _give_agent_turn(self, turn: TurnRecord) -> None:
+        inbox = self._agent_inbox
+        if inbox is not None and self._agent_chain is self._inbox_step:
+            inbox.append(turn)  # the agent has not taken up the last turn yet: it gets both at once
+            return
+        inbox = self._agent_inbox = [turn]
+        self.agent_step(self._agent_turns(inbox))
+        self._inbox_step = self._agent_chain
+
+    async def _agent_turns(self, turns: list[TurnRecord]) -> None:
+        if self._agent_inbox is turns:
+            self._agent_inbox = None  # taken up: a turn from now on waits for the next step
+        assert self.agent is not None
+        await self.agent.user_turn(turns[-1], " ".join(t.user_text for t in turns if t.user_text))
 
     def agent_step(self, coro: Coroutine[Any, Any, None]) -> None:
         # One agent step at a time, in arrival order: a DTMF key must not overtake the turn before it.

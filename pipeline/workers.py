@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -71,15 +71,18 @@ class EngineWorker:
         threads: int = 1,
         queue_size: int = 64,
         holds: PriorityGate | None = None,
-        yields_to: PriorityGate | None = None,
+        yields_to: PriorityGate | Sequence[PriorityGate] | None = None,
     ) -> None:
         self.name = name
         self._holds = holds
-        self._yields_to = yields_to
+        if isinstance(yields_to, PriorityGate):
+            yields_to = (yields_to,)
+        self._yields_to: tuple[PriorityGate, ...] = tuple(yields_to or ())
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"engine-{name}")
         self._slots = asyncio.Semaphore(threads + queue_size)
         self.pending = 0
         self.busy_s = 0.0
+        self.started = 0  # jobs that reached a thread (a job cancelled while queued never does)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the engine's thread from non-async code (start-up, warm-up) and wait.
@@ -101,6 +104,7 @@ class EngineWorker:
                 self.pending -= 1
 
     def _timed(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        self.started += 1
         start = time.perf_counter()
         try:
             if self._holds is None:
@@ -133,13 +137,15 @@ class EngineWorker:
 
         def produce() -> None:
             iterator = None
+            if stop.is_set():  # cancelled while queued: a job nobody waits for never starts
+                return
             try:
                 iterator = make_iter()
                 for item in iterator:
                     if stop.is_set() or not hand_over("item", item):
                         break
-                    if self._yields_to is not None:
-                        self._yields_to.wait_clear(stop)
+                    for gate in self._yields_to:
+                        gate.wait_clear(stop)
                 else:
                     hand_over("end", None)
             except BaseException as exc:  # handed to the consumer, which re-raises it on the loop
@@ -165,6 +171,9 @@ class EngineWorker:
                 stop.set()
                 self.pending -= 1
                 # Do not await the thread here: a cancelled consumer must not wait for a slow engine step.
+                # A job still in the executor's queue is cancelled outright; a running one stops at its
+                # next item (the producer checks ``stop``).
+                task.cancel()
                 task.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
 
     def shutdown(self) -> None:
