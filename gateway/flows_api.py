@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from flows import FlowValidationError, draft_flow, flow_json_schema, load_flow
 from flows.schema import Flow
 from gateway.api_common import app_state, parse_body, require_store, unprocessable
-from gateway.flow_llm import engine_complete
+from gateway.flow_llm import background_complete
 
 
 class DraftRequest(BaseModel):
@@ -144,7 +144,7 @@ async def generate_flow(request: Request) -> Response:
         raise HTTPException(503, "models are still loading")
     result = await draft_flow(
         body.description,
-        engine_complete(state.runtime, state.settings.llm_schema_format),
+        background_complete(state.runtime, state.settings.llm_schema_format),
         max_tokens=body.max_tokens,
     )
     return JSONResponse(
