@@ -14,8 +14,6 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -23,8 +21,9 @@ from starlette.staticfiles import StaticFiles
 
 from flows import HttpTool, example_flows
 from gateway import calls_api, flows_api
-from gateway.auth import Auth
+from gateway.auth import Auth, issue_session_token
 from gateway.engines import build_runtime
+from gateway.http_guard import edge_middleware
 from gateway.records import StoreRecorder
 from gateway.sessions import SessionManager
 from gateway.sessions_api import delete_session, get_session, list_sessions
@@ -50,7 +49,7 @@ class AppState:
         self.settings = settings
         self.runtime: Runtime | None = runtime
         self.sessions = SessionManager(settings.max_sessions)
-        self.auth = Auth(settings.api_key)
+        self.auth = Auth(settings.api_key, token_ttl_s=settings.session_token_ttl_s)
         self.ready = asyncio.Event()
         self.load_error: str | None = None
         self.lag = LoopLagMonitor()
@@ -185,14 +184,6 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
-class ApiKeyMiddleware(BaseHTTPMiddleware):
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        state: AppState = request.app.state.voxgate
-        if request.url.path.startswith("/v1/") and not state.auth.allows_request(request):
-            return JSONResponse({"detail": "missing or wrong API key"}, status_code=401)
-        return await call_next(request)
-
-
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Starlette:
     """Build the app. Without ``runtime`` the engines load in a thread at start-up (see /health/ready)."""
     settings = settings or Settings()
@@ -233,6 +224,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         Route("/health", health),
         Route("/metrics", metrics),
         Route("/v1/sessions", list_sessions),
+        Route("/v1/sessions/token", issue_session_token, methods=["POST"]),
         Route("/v1/sessions/{session_id}", get_session),
         Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
         Route("/v1/voices", list_voices),
@@ -260,7 +252,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(ApiKeyMiddleware)],
+        middleware=edge_middleware(settings, state.auth),
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.voxgate = state

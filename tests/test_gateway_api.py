@@ -193,7 +193,13 @@ async def test_api_key_when_configured(server) -> None:
         async with websockets.connect(server.url) as ws:
             event = json.loads(await ws.recv())
         assert event["code"] == "unauthorized"
-        async with VoiceClient(f"{server.url}?api_key=s3cret") as client:
+        async with websockets.connect(f"{server.url}?api_key=s3cret") as ws:
+            event = json.loads(await ws.recv())
+        assert event["code"] == "unauthorized"  # never in the URL: URLs are logged
+        token = httpx.post(
+            f"{server.http}/v1/sessions/token", headers={"Authorization": "Bearer s3cret"}, timeout=10
+        ).json()["token"]
+        async with VoiceClient(f"{server.url}?token={token}") as client:
             await client.wait_for("session.created")
     finally:
         auth.api_key = None

@@ -1,0 +1,377 @@
+"""The HTTP and WebSocket edge: who may reach the routes, and how much they may send (docs/api.md).
+
+A pure ASGI middleware, so that a body is counted while it streams in rather than buffered first (Starlette's
+``BaseHTTPMiddleware`` would buffer it). For every request and WebSocket upgrade, in order:
+
+1. ``Host`` must be a name this server answers to when it listens on loopback: a page on ``evil.example`` that
+   points its DNS at 127.0.0.1 (DNS rebinding) still sends ``Host: evil.example``.
+2. ``Origin``, when a browser sends one, must be this server's own or one of ``allowed_origins``: a web page
+   the user happens to visit must not drive a server that has no API key.
+3. HTTP routes under ``/v1/`` need the API key in the ``Authorization`` header, never in the URL (URLs end up
+   in logs). WebSocket routes check the key themselves (``Auth.allows_websocket``); a key in their URL is
+   refused here with a message that says what to do instead.
+4. A body sent to ``/v1/`` must be declared JSON: a browser sends ``text/plain`` across origins without asking
+   first (a CORS "simple request"), ``application/json`` never.
+5. A body longer than its route's limit is refused with 413: up front by its ``Content-Length``, else while
+   it streams in, so that no more than the limit is ever read.
+
+HTTP refusals are ``{"detail": ...}`` answers. A refused WebSocket is accepted, sent one ``error`` event and
+closed with 1008, like the voice route's own refusals: a browser's script sees neither an HTTP status nor a
+body on a failed upgrade, only "connection failed".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from dataclasses import dataclass
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.auth import KEY_IN_URL_DETAIL, WRONG_KEY_DETAIL, Auth, key_in_url
+from gateway.settings import Settings
+
+log = logging.getLogger("voxgate.edge")
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# Bodies that are forms or SDP, not JSON documents: Twilio's webhooks and WebRTC offers.
+SMALL_BODY_PATHS = frozenset({"/twilio/voice", "/twilio/status", "/v1/webrtc/offer"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+CORS_METHODS = "GET, POST, PUT, PATCH, DELETE"
+CORS_HEADERS = "Authorization, Content-Type"
+CLOSE_POLICY = 1008
+QUOTE_CHARS = 80  # refusals quote at most this much of what they refuse
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request is turned away: its HTTP status, and a code and text for a WebSocket ``error`` event."""
+
+    status: int
+    code: str
+    detail: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"detail": self.detail}, status_code=self.status, headers=dict(self.headers))
+
+
+class Origin(NamedTuple):
+    scheme: str
+    host: str
+    port: int
+
+    def serialize(self) -> str:
+        default = DEFAULT_PORTS.get(self.scheme)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}" + ("" if self.port == default else f":{self.port}")
+
+
+def parse_origin(value: str) -> Origin | None:
+    """``https://App.example.com`` -> ('https', 'app.example.com', 443); None for ``null`` or junk."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return Origin(parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme])
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A ``Host`` header as (lower-case name, port): ``[::1]:8000`` -> ('::1', 8000); None when malformed."""
+    try:
+        parts = urlsplit(f"//{value.strip()}")
+        port = parts.port
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname else None
+
+
+def _quote(value: str) -> str:
+    return repr(value if len(value) <= QUOTE_CHARS else value[:QUOTE_CHARS] + "...")
+
+
+def _is_loopback(bind_host: str) -> bool:
+    if bind_host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind_host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class HostPolicy:
+    """Which ``Host`` names are answered: ``allowed_hosts``, else on a loopback bind only loopback names (plus
+    ``public_url``'s, for a tunnel that keeps the public name), else any."""
+
+    def __init__(self, allowed_hosts: list[str], bind_host: str, public_url: str | None) -> None:
+        names = {name.strip().lower() for name in allowed_hosts if name.strip()}
+        if not names and _is_loopback(bind_host):
+            names = set(LOOPBACK_NAMES)
+        public = parse_origin(public_url) if public_url else None
+        if names and public is not None:
+            names.add(public.host)
+        self.any = not names or "*" in names
+        self.names = frozenset(n.strip("[]") for n in names if not n.startswith("*."))
+        self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))
+
+    def allows(self, host_header: str | None) -> bool:
+        if self.any or host_header is None:  # no Host: not a browser, so not DNS rebinding
+            return True
+        parsed = split_host(host_header)
+        if parsed is None:
+            return False
+        name = parsed[0]
+        return name in self.names or name.endswith(self.suffixes)
+
+
+class OriginPolicy:
+    """Which web pages may call: this server's own origin, ``public_url``'s, and ``allowed_origins``."""
+
+    def __init__(self, allowed_origins: list[str], public_url: str | None) -> None:
+        self.any = "*" in allowed_origins
+        listed = {parse_origin(o) for o in allowed_origins if o != "*"}
+        self.listed = frozenset(o for o in listed if o is not None)
+        public = parse_origin(public_url) if public_url else None
+        self.own = frozenset({public} if public is not None else set())
+
+    def is_same_origin(self, origin: Origin, host_header: str | None) -> bool:
+        if origin in self.own:
+            return True
+        host = split_host(host_header) if host_header else None
+        if host is None:
+            return False
+        # A Host without a port names the scheme's default: behind a TLS proxy the page is https, we see http.
+        return host[0] == origin.host and (host[1] or DEFAULT_PORTS[origin.scheme]) == origin.port
+
+    def allows_cross_origin(self, origin: Origin) -> bool:
+        return self.any or origin in self.listed
+
+
+def _has_body(headers: Headers) -> bool:
+    return "transfer-encoding" in headers or headers.get("content-length", "0").strip() not in ("", "0")
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _content_type_refusal(method: str, headers: Headers) -> Refusal | None:
+    content_type = headers.get("content-type")
+    has_body = _has_body(headers)
+    if not (method in BODY_METHODS or has_body) or (content_type is None and not has_body):
+        return None
+    if content_type is not None and _is_json(content_type):
+        return None
+    shown = "none" if content_type is None else _quote(content_type)
+    return Refusal(
+        415,
+        "unsupported_media_type",
+        f"send the body as JSON with 'Content-Type: application/json' (got {shown})",
+    )
+
+
+def _too_large(limit: int, setting: str) -> Refusal:
+    return Refusal(
+        413,
+        "body_too_large",
+        f"the request body is larger than {limit} bytes, this route's limit ({setting})",
+        headers=(("connection", "close"),),
+    )
+
+
+class _BodyTooLarge(Exception):
+    """Raised from ``receive`` once a streamed body passes its limit, so that the route reads no more."""
+
+
+class HttpGuard:
+    """Pure ASGI middleware in front of every route: Host, Origin, API key, JSON content type and body size
+    checks (see the module docstring), and CORS answers for ``allowed_origins``."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, auth: Auth) -> None:
+        self.app = app
+        self.settings = settings
+        self.auth = auth  # read on every request: tests and operators may change the key while serving
+        self.hosts = HostPolicy(settings.allowed_hosts, settings.host, settings.public_url)
+        self.origins = OriginPolicy(settings.allowed_origins, settings.public_url)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    # -- checks ------------------------------------------------------------------------------------------------
+
+    def _browser_refusal(self, scope: Scope, headers: Headers) -> tuple[Refusal | None, Origin | None]:
+        """A Host or Origin refusal, else the request's foreign (but allowed) origin, if it has one."""
+        host = headers.get("host")
+        if not self.hosts.allows(host):
+            detail = (
+                f"this server does not answer to Host {_quote(host or '')}: add the name to allowed_hosts"
+            )
+            return self._logged(scope, Refusal(403, "host_not_allowed", detail)), None
+        raw = headers.get("origin")
+        if raw is None:
+            return None, None  # not sent by a browser's script: curl, SDKs, Twilio
+        origin = parse_origin(raw)
+        if origin is not None and self.origins.is_same_origin(origin, host):
+            return None, None
+        if origin is not None and self.origins.allows_cross_origin(origin):
+            return None, origin
+        if origin is None and self.origins.any:
+            return None, None
+        detail = f"web pages from {_quote(raw)} may not call this server: add the origin to allowed_origins"
+        return self._logged(scope, Refusal(403, "origin_not_allowed", detail)), None
+
+    def _api_refusal(self, scope: Scope, headers: Headers) -> Refusal | None:
+        """The checks for HTTP routes under /v1/: the key (in its header only), then a JSON content type."""
+        conn = HTTPConnection(scope)
+        if key_in_url(conn):
+            return Refusal(401, "unauthorized", KEY_IN_URL_DETAIL, (("www-authenticate", "Bearer"),))
+        if not self.auth.allows_request(conn):
+            return Refusal(401, "unauthorized", WRONG_KEY_DETAIL, (("www-authenticate", "Bearer"),))
+        return _content_type_refusal(scope["method"], headers)
+
+    def _body_limit(self, path: str) -> tuple[int, str]:
+        if path.startswith("/v1/") and path not in SMALL_BODY_PATHS:
+            return self.settings.max_json_body_bytes, "max_json_body_bytes"
+        return self.settings.max_form_body_bytes, "max_form_body_bytes"
+
+    @staticmethod
+    def _logged(scope: Scope, refusal: Refusal) -> Refusal:
+        # The path only: a query string may hold a credential.
+        log.info("refused %s %s: %s", scope.get("method", "WebSocket"), scope["path"], refusal.detail)
+        return refusal
+
+    # -- HTTP --------------------------------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        refusal, cross_origin = self._browser_refusal(scope, headers)
+        if refusal is None and cross_origin is not None and _is_preflight(scope, headers):
+            await _preflight_answer(cross_origin)(scope, receive, send)
+            return
+        if refusal is None and scope["path"].startswith("/v1/"):
+            refusal = self._api_refusal(scope, headers)
+        limit, setting = self._body_limit(scope["path"])
+        if refusal is None:
+            refusal = _declared_length_refusal(headers, limit, setting)
+        if cross_origin is not None:
+            send = _with_cors(send, cross_origin)
+        if refusal is not None:
+            await refusal.response()(scope, receive, send)
+            return
+        await self._call_reading_at_most(limit, _too_large(limit, setting), scope, receive, send)
+
+    async def _call_reading_at_most(
+        self, limit: int, refusal: Refusal, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Run the route, cutting its body off past ``limit`` bytes and answering ``refusal`` instead."""
+        received = 0
+        tripped = False
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, tripped
+            if tripped:
+                raise _BodyTooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    tripped = True
+                    raise _BodyTooLarge
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if tripped and not started:
+                return  # whatever the route made of a body it never got whole, the answer is the 413
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except _BodyTooLarge:
+            if started:
+                raise  # the route answered before it read its body: nothing left to say but to drop it
+        if tripped and not started:
+            await refusal.response()(scope, receive, send)
+
+    # -- WebSocket ---------------------------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal, _ = self._browser_refusal(scope, Headers(scope=scope))
+        if refusal is None and key_in_url(HTTPConnection(scope)):
+            refusal = Refusal(401, "unauthorized", KEY_IN_URL_DETAIL)
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        event = {"type": "error", "code": refusal.code, "message": refusal.detail}
+        await send({"type": "websocket.send", "text": json.dumps(event)})
+        await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": refusal.detail[:120]})
+
+
+def _declared_length_refusal(headers: Headers, limit: int, setting: str) -> Refusal | None:
+    declared = headers.get("content-length")
+    if declared is None:
+        return None
+    declared = declared.strip()
+    if not (declared.isascii() and declared.isdigit()):
+        return Refusal(400, "bad_request", "Content-Length is not a number")
+    return _too_large(limit, setting) if int(declared) > limit else None
+
+
+def _is_preflight(scope: Scope, headers: Headers) -> bool:
+    return scope["method"] == "OPTIONS" and "access-control-request-method" in headers
+
+
+def _preflight_answer(origin: Origin) -> Response:
+    return Response(
+        status_code=204,
+        headers={
+            "access-control-allow-origin": origin.serialize(),
+            "access-control-allow-methods": CORS_METHODS,
+            "access-control-allow-headers": CORS_HEADERS,
+            "access-control-max-age": "600",
+            "vary": "Origin",
+        },
+    )
+
+
+def _with_cors(send: Send, origin: Origin) -> Send:
+    """``send`` that lets a page from ``origin`` read the answer (no cookies are used, so no credentials)."""
+
+    async def cors_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            extra = [
+                (b"access-control-allow-origin", origin.serialize().encode("latin-1")),
+                (b"vary", b"Origin"),
+            ]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return cors_send
+
+
+def edge_middleware(settings: Settings, auth: Auth) -> list[Middleware]:
+    """The app's middleware list: the guard in front of every route."""
+    return [Middleware(HttpGuard, settings=settings, auth=auth)]
