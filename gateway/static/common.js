@@ -54,6 +54,19 @@ export async function api(path, { method = "GET", body, signal } = {}) {
   return { ok: false, status: response.status, data, error: describeError(response.status, data) };
 }
 
+/**
+ * A one-use session token for a WebSocket URL, or "" when no API key is set here (the server needs none then).
+ * Browsers cannot put headers on a WebSocket, and a URL ends up in logs and history: the key never goes in
+ * one, a token that works once and expires within a minute does (POST /v1/sessions/token, docs/protocol.md).
+ * Throws with a readable message when the server refuses.
+ */
+export async function sessionToken() {
+  if (!apiKey()) return "";
+  const result = await api("/v1/sessions/token", { method: "POST" });
+  if (!result.ok) throw new Error(`cannot get a session token: ${result.error}`);
+  return result.data.token;
+}
+
 /** A one-line description of an HTTP error answer. */
 export function describeError(status, data) {
   let detail = "";
@@ -121,8 +134,15 @@ export function toast(message, kind = "", ms = 5000) {
 export function initApiKeyBox() {
   const input = document.getElementById("api-key");
   if (!input) return;
-  const fromUrl = new URLSearchParams(location.search).get("api_key");
-  if (fromUrl) setApiKey(fromUrl);
+  const params = new URLSearchParams(location.search);
+  const fromUrl = params.get("api_key");
+  if (fromUrl) {
+    setApiKey(fromUrl);
+    // Out of the address bar and history at once; the key travels in a header from here on.
+    params.delete("api_key");
+    const rest = params.toString();
+    history.replaceState(null, "", `${location.pathname}${rest ? `?${rest}` : ""}${location.hash}`);
+  }
   input.value = apiKey();
   input.form?.addEventListener("submit", (ev) => ev.preventDefault());
   input.addEventListener("change", () => {

@@ -1,7 +1,7 @@
 // voxgate playground: talk to the agent over WebRTC (or the WebSocket protocol as a fallback),
 // watch transcripts, flow events and latency. See docs/protocol.md for the events.
 
-import { api, apiKey, el, formatMs, initApiKeyBox, svg, toast, truncate } from "/static/common.js";
+import { api, el, formatMs, initApiKeyBox, sessionToken, svg, toast, truncate } from "/static/common.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -253,7 +253,8 @@ class WebSocketTransport {
     url.searchParams.set("sample_rate", String(INPUT_RATE));
     url.searchParams.set("encoding", "pcm_s16le");
     if (this.flow) url.searchParams.set("flow", this.flow);
-    if (apiKey()) url.searchParams.set("api_key", apiKey());
+    const token = await sessionToken(); // the key itself never goes in a URL
+    if (token) url.searchParams.set("token", token);
     const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
