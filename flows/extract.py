@@ -12,21 +12,38 @@ from __future__ import annotations
 
 import calendar
 import difflib
+import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
+
+import regex
 
 __all__ = [
     "DEFAULT_EXIT_PHRASES",
+    "MAX_ANSWER_CHARS",
+    "REGEX_TIMEOUT_S",
     "extract",
     "match_choice",
     "match_exit",
+    "match_pattern",
     "parse_date",
     "parse_number",
     "parse_time",
     "parse_yes_no",
 ]
+
+log = logging.getLogger("voxgate.flows")
+
+# The parsers look at this much of an answer. A spoken answer is a sentence or two; a typed one can be 4,000
+# characters, and the choice and time parsers are not linear in it (one long answer held the loop for 3 s).
+MAX_ANSWER_CHARS = 400
+# Default time limit for one collect pattern on one answer (the gateway's setting flow_regex_timeout_ms).
+# Patterns come from flow documents and answers from callers: ``^(a|a)+$`` on 25 characters took 4.6 s.
+REGEX_TIMEOUT_S = 0.02
 
 UNITS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
@@ -453,6 +470,7 @@ def _apply_meridiem(hour: int, minute: int, meridiem: str | None, joined: str) -
 # --- choices and intents --------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=16384)  # the same choices and exit phrases are normalized on every answer
 def _words(text: str) -> str:
     return " ".join(_tokens(text))
 
@@ -461,8 +479,29 @@ def _contains(haystack: str, needle: str) -> bool:
     return bool(_find_all(haystack, needle))
 
 
-def _find_all(haystack: str, needle: str) -> list[re.Match[str]]:
-    return list(re.finditer(rf"(?<![a-z0-9']){re.escape(needle)}(?![a-z0-9'])", haystack)) if needle else []
+_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789'")
+
+
+def _find_all(haystack: str, needle: str) -> list[tuple[int, int]]:
+    """(start, end) of each place ``needle`` stands as whole words in ``haystack``.
+
+    Plain ``str.find`` rather than a regular expression per phrase: a choice list can hold thousands of
+    phrases, and compiling a pattern for each took a second per answer.
+    """
+    spans: list[tuple[int, int]] = []
+    if not needle:
+        return spans
+    start = haystack.find(needle)
+    while start >= 0:
+        end = start + len(needle)
+        before = haystack[start - 1] if start else " "
+        after = haystack[end] if end < len(haystack) else " "
+        if before not in _WORD_CHARS and after not in _WORD_CHARS:
+            spans.append((start, end))
+            start = haystack.find(needle, end)  # matches do not overlap
+        else:
+            start = haystack.find(needle, start + 1)
+    return spans
 
 
 def match_choice(
@@ -474,7 +513,7 @@ def match_choice(
     like "room" in "dining room", does not count), then a close spelling (a transcription slip such as
     "pattio"). Two different choices named, or tied for the closest spelling, give None.
     """
-    said = _words(text)
+    said = _words(text[:MAX_ANSWER_CHARS])
     if not said:
         return None
     options: list[tuple[str, str]] = []  # (normalized phrase, value)
@@ -486,7 +525,7 @@ def match_choice(
     for norm, value in options:
         if said == norm:
             return value
-    hits = [(m.start(), m.end(), value) for norm, value in options for m in _find_all(said, norm)]
+    hits = [(start, end, value) for norm, value in options for start, end in _find_all(said, norm)]
     if hits:
         # A phrase inside a longer one ("room" in "dining room") does not count; two separate choices
         # ("inside or outside") are ambiguous.
@@ -494,14 +533,38 @@ def match_choice(
             v for s, e, v in hits if not any(s2 <= s and e <= e2 and (s2, e2) != (s, e) for s2, e2, _ in hits)
         }
         return kept.pop() if len(kept) == 1 else None
-    # Fuzzy: compare each phrase with word windows of the same length.
-    words = said.split()
+    return _fuzzy_choice(said.split(), options, cutoff)
+
+
+# Fuzzy matching costs one comparison per (phrase, word window): a long answer against a long choice list
+# could take seconds. Past this many comparisons the rest of the answer is not searched.
+MAX_FUZZY_COMPARISONS = 2_000
+
+
+def _fuzzy_choice(words: list[str], options: list[tuple[str, str]], cutoff: float) -> str | None:
+    """Compare each phrase with word windows of the same length; the closest spelling wins."""
     best: tuple[float, str] | None = None
     tie = False
+    budget = MAX_FUZZY_COMPARISONS
+    windows: dict[int, list[str]] = {}
     for norm, value in options:
-        n = len(norm.split())
-        for k in range(max(len(words) - n + 1, 1)):
-            ratio = difflib.SequenceMatcher(None, " ".join(words[k : k + n]), norm).ratio()
+        n = norm.count(" ") + 1
+        if n not in windows:
+            windows[n] = [" ".join(words[k : k + n]) for k in range(max(len(words) - n + 1, 1))]
+        matcher: difflib.SequenceMatcher[str] | None = None
+        for window in windows[n]:
+            budget -= 1
+            if budget < 0:
+                return None if best is None or tie else best[1]
+            # Upper bounds of ratio() first: most windows are ruled out by their length or letters alone.
+            if 2 * min(len(window), len(norm)) < cutoff * (len(window) + len(norm)):
+                continue
+            if matcher is None:
+                matcher = difflib.SequenceMatcher(None, b=norm)  # caches what it learns about the phrase
+            matcher.set_seq1(window)
+            if matcher.quick_ratio() < cutoff:
+                continue
+            ratio = matcher.ratio()
             if ratio < cutoff:
                 continue
             if best is None or ratio > best[0]:
@@ -541,7 +604,7 @@ def match_exit(text: str, exits: Iterable[Any]) -> str | None:
     defaults from their name (``wants_human`` -> "talk to a person", "agent", ...; ``goodbye`` -> "bye", ...).
     The longest matching phrase wins, so "talk to a person" beats a shorter phrase of another exit.
     """
-    said = _words(text)
+    said = _words(text[:MAX_ANSWER_CHARS])
     if not said:
         return None
     best: tuple[int, str] | None = None
@@ -584,8 +647,19 @@ def extract(
     now: datetime | None = None,
     choices: Iterable[tuple[str, Sequence[str]]] = (),
     pattern: str | None = None,
+    regex_timeout_s: float = REGEX_TIMEOUT_S,
 ) -> Any:
-    """Dispatch to the parser for a collect ``kind``; None when nothing usable was said."""
+    """Dispatch to the parser for a collect ``kind``; None when nothing usable was said.
+
+    Only the first :data:`MAX_ANSWER_CHARS` characters are parsed (``text`` answers are kept whole). A
+    ``regex`` pattern gets ``regex_timeout_s`` in all; a match that runs out of time is no match.
+    """
+    if kind == "text":
+        stripped = text.strip()
+        return stripped or None
+    if kind == "regex":
+        return match_pattern(pattern, text, timeout_s=regex_timeout_s) if pattern else None
+    text = text[:MAX_ANSWER_CHARS]
     if kind == "number":
         return parse_number(text)
     if kind == "yes_no":
@@ -596,15 +670,29 @@ def extract(
         return parse_time(text)
     if kind == "choice":
         return match_choice(text, choices)
-    if kind == "text":
-        stripped = text.strip()
-        return stripped or None
-    if kind == "regex":
-        if not pattern:
-            return None
-        for candidate in (text, _spoken_digits(text)):
-            found = re.search(pattern, candidate, flags=re.IGNORECASE)
-            if found:
-                return found.group(1) if found.groups() else found.group(0)
-        return None
     raise ValueError(f"unknown collect kind {kind!r}")
+
+
+def match_pattern(pattern: str, text: str, *, timeout_s: float = REGEX_TIMEOUT_S) -> str | None:
+    """The first group (or the whole match) of ``pattern`` in ``text`` as said or with spoken digits joined.
+
+    Runs on the ``regex`` engine with a time limit for both tries together, so a pattern that backtracks
+    catastrophically costs at most ``timeout_s``: running out of time (or a pattern that does not compile)
+    counts as no match, and is logged.
+    """
+    deadline = time.monotonic() + timeout_s
+    for candidate in (text, _spoken_digits(text)):
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            found = regex.search(pattern, candidate, flags=regex.IGNORECASE, timeout=left)
+        except TimeoutError:
+            log.warning("collect pattern %.60r ran out of time (%g ms): no match", pattern, timeout_s * 1000)
+            return None
+        except regex.error as exc:  # only an unvalidated flow gets here
+            log.warning("collect pattern %.60r does not compile: %s", pattern, exc)
+            return None
+        if found:
+            return found.group(1) if found.groups() else found.group(0)
+    return None
