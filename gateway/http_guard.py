@@ -170,8 +170,8 @@ def _is_json(content_type: str) -> bool:
 def _content_type_refusal(method: str, headers: Headers) -> Refusal | None:
     content_type = headers.get("content-type")
     has_body = _has_body(headers)
-    if not (method in BODY_METHODS or has_body) or (content_type is None and not has_body):
-        return None
+    if not has_body and (content_type is None or method not in BODY_METHODS):
+        return None  # nothing to declare: POST /v1/sessions/token, DELETE, a GET naming a type
     if content_type is not None and _is_json(content_type):
         return None
     shown = "none" if content_type is None else _quote(content_type)
