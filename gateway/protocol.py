@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from gateway.api_common import BadJson, strict_json_loads
 from gateway.settings import VadSettings
 from pipeline.codec import SAMPLE_RATES
 from pipeline.session import SessionError
 
 MAX_TEXT_CHARS = 4000
+# Error messages quote at most this much of what they refuse: an echo must never cost more than the mistake
+# (a 400 KB event type once came back whole, and sat in the outbox of a client that never read).
+QUOTE_CHARS = 64
+MAX_FLOW_ID_CHARS = 128  # as flow ids are stored
+MAX_FLOW_VERSION_DIGITS = 9
+MAX_PROBLEMS = 5  # validation problems listed in one invalid_event message; the rest are counted
+
+
+def clip(text: str, limit: int = QUOTE_CHARS) -> str:
+    """At most ``limit`` characters of ``text``, saying how long the whole was when cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``repr`` of at most ``limit`` characters of ``value`` (for messages that name what they refuse)."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} chars)"
 
 
 class _Event(BaseModel):
@@ -89,23 +107,45 @@ EVENTS: dict[str, type[_Event]] = {
 def parse_client_event(text: str) -> _Event:
     """Parse one text frame; raises SessionError with code invalid_json, unknown_event or invalid_event."""
     try:
-        data: Any = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SessionError("invalid_json", f"text frames must be JSON objects: {exc.msg}") from None
+        data: Any = strict_json_loads(text)
+    except BadJson as exc:
+        raise SessionError("invalid_json", f"text frames must be JSON objects: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise SessionError("invalid_event", 'every event is a JSON object with a string "type"')
     model = EVENTS.get(data["type"])
     if model is None:
         raise SessionError(
-            "unknown_event", f"unknown event type {data['type']!r}; known: {', '.join(EVENTS)}"
+            "unknown_event", f"unknown event type {quote(data['type'])}; known: {', '.join(EVENTS)}"
         )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}" for err in exc.errors()
-        )
-        raise SessionError("invalid_event", f"{data['type']}: {problems}") from None
+        raise SessionError("invalid_event", f"{data['type']}: {describe_problems(exc)}") from None
+
+
+def describe_problems(exc: ValidationError) -> str:
+    """The first few validation problems, each location clipped: field names come from the client too."""
+    errors = exc.errors(include_input=False, include_url=False)
+    problems = [
+        f"{clip('.'.join(str(p) for p in err['loc'])) or 'event'}: {clip(err['msg'], 200)}"
+        for err in errors[:MAX_PROBLEMS]
+    ]
+    if len(errors) > MAX_PROBLEMS:
+        problems.append(f"and {len(errors) - MAX_PROBLEMS} more")
+    return "; ".join(problems)
+
+
+def flow_request(params: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The ``flow`` and ``flow_version`` asked for, checked; raises SessionError(invalid_flow)."""
+    flow_id = params.get("flow") or None
+    version = params.get("flow_version") or None
+    if flow_id is not None and len(flow_id) > MAX_FLOW_ID_CHARS:
+        raise SessionError("invalid_flow", f"flow ids are at most {MAX_FLOW_ID_CHARS} characters")
+    if version is not None and not (
+        version.isascii() and version.isdigit() and len(version) <= MAX_FLOW_VERSION_DIGITS
+    ):
+        raise SessionError("invalid_flow", f"flow_version must be a positive integer, not {quote(version)}")
+    return flow_id, version
 
 
 def check_audio_format(sample_rate: int | None, encoding: str | None) -> None:

@@ -18,6 +18,7 @@ import json
 from types import MappingProxyType
 from typing import Any
 
+from gateway.api_common import BadJson, strict_json_loads
 from telephony.provider import (
     BAD_PAYLOAD,
     FRAME_MS,
@@ -80,9 +81,10 @@ class TwilioMediaStream:
 
     def parse(self, text: str) -> InboundEvent:
         try:
-            msg = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise ProtocolError(INVALID_JSON, "frame is not JSON") from exc
+            # Strict: no NaN/Infinity, and deep nesting refused by a linear scan before any recursion.
+            msg = strict_json_loads(text)
+        except BadJson as exc:
+            raise ProtocolError(INVALID_JSON, f"frame is not JSON: {str(exc)[:80]}") from None
         if not isinstance(msg, dict):
             raise ProtocolError(INVALID_EVENT, "frame is not a JSON object")
         event = msg.get("event")
