@@ -27,9 +27,9 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.api_common import app_state, parse_body, unprocessable
 from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
-from gateway.protocol import parse_client_event
+from gateway.protocol import clip
 from gateway.settings import session_config
-from gateway.ws_voice import apply_session_update, dispatch_client_event
+from gateway.ws_voice import apply_session_update, handle_text
 from pipeline.outbox import OutAudio
 from pipeline.session import Session, SessionError
 
@@ -102,7 +102,11 @@ class AgentTrack(MediaStreamTrack):
 
 
 class WebRtcCall:
-    """One peer connection and its session."""
+    """One peer connection and its session.
+
+    Until ``start`` the call is only negotiated: nothing is counted or stored for it, and a failed
+    negotiation is undone with ``discard``. After ``start``, ``end`` releases everything exactly once.
+    """
 
     def __init__(self, state: Any, session: Session, pc: RTCPeerConnection) -> None:
         self.state = state
@@ -111,6 +115,7 @@ class WebRtcCall:
         self.track = AgentTrack()
         self.channel: Any = None
         self._channel_open = asyncio.Event()
+        self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         pc.addTrack(self.track)
@@ -118,9 +123,21 @@ class WebRtcCall:
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_state)
 
-    def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._write(), name=f"{self.session.id}-webrtc-out"))
-        self._tasks.append(asyncio.create_task(self._watch(), name=f"{self.session.id}-webrtc-end"))
+    def start(self, connect_timeout_s: float) -> None:
+        sid = self.session.id
+        self._tasks.append(asyncio.create_task(self._write(), name=f"{sid}-webrtc-out"))
+        self._tasks.append(asyncio.create_task(self._watch(), name=f"{sid}-webrtc-end"))
+        self._tasks.append(
+            asyncio.create_task(self._connect_deadline(connect_timeout_s), name=f"{sid}-webrtc-connect")
+        )
+
+    async def discard(self) -> None:
+        """Undo a call whose negotiation failed: it was never counted or stored, so nothing is ended."""
+        self._closing = True  # pc.close() reports "closed": that must not end (and uncount) the call
+        for task in self._tasks:
+            task.cancel()
+        self.track.stop()
+        await self.pc.close()
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
@@ -138,18 +155,32 @@ class WebRtcCall:
         asyncio.ensure_future(self._handle(message))
 
     async def _handle(self, message: Any) -> None:
-        if not isinstance(message, str):
-            await self.session.error("invalid_event", "the events channel carries JSON text only")
-            return
         try:
-            if await dispatch_client_event(self.session, parse_client_event(message)) == "close":
+            if not isinstance(message, str):
+                await self.session.error("invalid_event", "the events channel carries JSON text only")
+            elif await handle_text(self.session, message) == "close":
                 await self.end("client_closed")
-        except SessionError as exc:
-            await self.session.error(exc.code, exc.message)
+        except Exception:
+            # Nobody awaits this task: a fault here would otherwise vanish without a trace.
+            log.exception("session %s: handling a data channel message failed", self.session.id)
+            with contextlib.suppress(Exception):
+                await self.session.error(
+                    "internal_error", "the event could not be handled; the session goes on"
+                )
 
     async def _on_state(self) -> None:
-        if self.pc.connectionState in ("failed", "closed"):
+        if self.pc.connectionState == "connected":
+            self._connected.set()
+        elif self.pc.connectionState in ("failed", "closed"):
             await self.end("ice_failed" if self.pc.connectionState == "failed" else "client_disconnected")
+
+    async def _connect_deadline(self, timeout_s: float) -> None:
+        # A client that sent an offer and vanished would hold a session slot until ICE gives up (~64 s).
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        except TimeoutError:
+            log.info("session %s: no ICE/DTLS connection within %.1f s", self.session.id, timeout_s)
+            await self.end("connect_timeout")
 
     async def _read(self, track: MediaStreamTrack) -> None:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
@@ -218,9 +249,30 @@ async def webrtc_offer(request: Request) -> Response:
         try:
             flow = await load_stored_flow(state, body.flow)
         except FlowNotAvailable as exc:
-            return unprocessable([{"loc": ["flow"], "msg": exc.message, "type": exc.code}])
+            return unprocessable([{"loc": ["flow"], "msg": clip(exc.message, 200), "type": exc.code}])
     if not state.sessions.try_reserve():
         return JSONResponse({"detail": "the gateway is at max_sessions; try again later"}, status_code=503)
+    try:
+        call = _new_call(state, request, body, flow)
+    except SessionError as exc:
+        state.sessions.cancel_reservation()
+        return unprocessable([{"loc": ["voice"], "msg": exc.message, "type": exc.code}])
+    except BaseException:
+        state.sessions.cancel_reservation()
+        raise
+    try:
+        problem = await _negotiate(call, body)
+    except BaseException:  # cancelled: the caller went away mid-request
+        await _abandon(state, call)
+        raise
+    if problem is not None:
+        await _abandon(state, call)
+        return JSONResponse({"detail": f"cannot answer this offer: {problem}"}, status_code=400)
+    return await _admit(state, call)
+
+
+def _new_call(state: Any, request: Request, body: OfferRequest, flow: Any) -> WebRtcCall:
+    """A session and its peer connection, not yet negotiated; raises SessionError for an unknown voice."""
     settings = state.settings
     config = session_config(
         settings, input_rate=RATE, output_rate=RATE, encoding="pcm_s16le", transport="webrtc"
@@ -228,29 +280,43 @@ async def webrtc_offer(request: Request) -> Response:
     session = Session(state.runtime, config, recorder=state.recorder)
     session.caller = request.client.host if request.client else None
     if body.voice:
-        try:
-            apply_session_update(session, _voice_update(body.voice))
-        except SessionError as exc:
-            state.sessions.cancel_reservation()
-            return unprocessable([{"loc": ["voice"], "msg": exc.message, "type": exc.code}])
+        apply_session_update(session, _voice_update(body.voice))
     if flow is not None:
         attach_flow(session, state, flow)
     ice = [RTCIceServer(urls=url) for url in settings.webrtc_ice_servers]
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-    call = WebRtcCall(state, session, pc)
+    return WebRtcCall(state, session, RTCPeerConnection(RTCConfiguration(iceServers=ice)))
+
+
+async def _negotiate(call: WebRtcCall, body: OfferRequest) -> str | None:
+    """Answer the offer; None when done, else why it cannot be answered (the client's error, not ours)."""
+    pc = call.pc
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body.sdp, type=body.type))
         await pc.setLocalDescription(await pc.createAnswer())
-    except Exception as exc:  # a malformed SDP is the client's error, not ours
-        state.sessions.cancel_reservation()
-        await pc.close()
-        return JSONResponse({"detail": f"cannot answer this offer: {exc}"}, status_code=400)
+    except Exception as exc:  # aiortc raises assorted errors for malformed SDP
+        return clip(str(exc) or type(exc).__name__, 120)
+    return None
+
+
+async def _abandon(state: Any, call: WebRtcCall) -> None:
+    state.sessions.cancel_reservation()
+    await call.discard()
+
+
+async def _admit(state: Any, call: WebRtcCall) -> Response:
+    """Count, store and start a negotiated call; the answer SDP for the client."""
+    session = call.session
     state.sessions.add(session)
     state.webrtc_calls.add(call)
     state.runtime.metrics.active_sessions.labels("webrtc").inc()
-    await session.start()
-    call.start()
-    answer = pc.localDescription
+    try:
+        await session.start()
+        call.start(state.settings.webrtc_connect_timeout_s)
+    except Exception:
+        log.exception("session %s: starting the WebRTC session failed", session.id)
+        await call.end("internal_error")
+        return JSONResponse({"detail": "the session could not be started"}, status_code=500)
+    answer = call.pc.localDescription
     return JSONResponse({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})
 
 

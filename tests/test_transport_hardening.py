@@ -3,17 +3,23 @@ query parameters, garbage SDP, WebRTC peers that vanish, Twilio sockets that nev
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 
 from gateway.client import VoiceClient
 from gateway.protocol import QUOTE_CHARS, parse_client_event
+from gateway.webrtc import restrict_ice_host_addresses
 from pipeline.session import SessionError
 from telephony.provider import INVALID_JSON, ProtocolError
 from telephony.twilio_stream import TWILIO
+from tests.webrtc_client import WebRtcCaller
 
 DEEP = "[" * 1000 + "]" * 1000  # 2 KB: deeper than Python's recursion limit once parsed recursively
 
@@ -115,3 +121,79 @@ async def test_any_failure_setting_up_a_session_is_an_error_and_a_clean_close(
     event, code = await _refusal(server.url)
     assert event == {"type": "error", "code": "internal_error", "message": "the session could not be set up"}
     assert code == 1011 and server.state.sessions.reserved == reserved
+
+
+# -- WebRTC ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def webrtc(server) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    """Loopback ICE, and a one-second connect timeout; yields the webrtc sessions gauge."""
+    restrict_ice_host_addresses(["127.0.0.1"])
+    settings = copy.copy(server.state.settings)
+    settings.webrtc_connect_timeout_s = 1.0
+    saved, server.state.settings = server.state.settings, settings
+    try:
+        yield server.state.runtime.metrics.active_sessions.labels("webrtc")
+    finally:
+        server.state.settings = saved
+
+
+async def _flush_storage(server) -> None:  # type: ignore[no-untyped-def]
+    """Everything the server queued for storage is written (run on the server's own loop)."""
+    future = asyncio.run_coroutine_threadsafe(server.state.store.writer.flush(), server.state.loop)
+    await asyncio.wrap_future(future)
+
+
+async def _stored_webrtc_sessions(server) -> int:  # type: ignore[no-untyped-def]
+    await _flush_storage(server)
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.get(f"{server.http}/v1/sessions", params={"transport": "webrtc", "limit": 500})
+    return len(response.json()["sessions"])
+
+
+@pytest.mark.parametrize(
+    "sdp",
+    ["v=0 this is not sdp", "v=0\r\n" * 3, "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio x\r\n"],
+)
+async def test_garbage_offer_is_a_4xx_and_leaves_no_trace(server, webrtc, sdp: str) -> None:
+    state = server.state
+    gauge, reserved = webrtc._value.get(), state.sessions.reserved
+    stored, recent = await _stored_webrtc_sessions(server), len(state.sessions.recent)
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(f"{server.http}/v1/webrtc/offer", json={"sdp": sdp, "type": "offer"})
+    assert response.status_code == 400 and "offer" in response.json()["detail"]
+    await asyncio.sleep(0.6)  # the old code ended the never-started call from pc.close()'s state change
+    assert webrtc._value.get() == gauge and state.sessions.reserved == reserved
+    assert len(state.sessions.recent) == recent and not state.webrtc_calls
+    assert await _stored_webrtc_sessions(server) == stored
+
+
+async def test_peer_that_vanishes_after_its_offer_is_released_after_the_timeout(server, webrtc) -> None:
+    state = server.state
+    gauge = webrtc._value.get()
+    caller = WebRtcCaller(server.http)
+    await caller.post_offer()  # answered, and then the caller is gone before ICE starts
+    await caller.close()
+    assert webrtc._value.get() == gauge + 1
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 8  # ICE on its own would hold the slot for about a minute
+    while caller.session_id in state.sessions.live and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    assert caller.session_id not in state.sessions.live
+    await asyncio.sleep(0.3)  # end() lets session.closed reach the channel before it uncounts
+    assert webrtc._value.get() == gauge and not state.webrtc_calls
+    async with httpx.AsyncClient(timeout=10) as http:
+        record = (await http.get(f"{server.http}/v1/sessions/{caller.session_id}")).json()
+    assert record["close_reason"] == "connect_timeout"
+
+
+async def test_deep_nested_frame_on_the_data_channel(server, webrtc) -> None:
+    async with WebRtcCaller(server.http) as caller:
+        await caller.wait_open()
+        await caller.wait_for("session.created", timeout=10)
+        caller.send_raw(DEEP)
+        error = await caller.wait_for("error", timeout=10)
+        caller.send({"type": "input_dtmf", "digit": "4"})
+        await caller.wait_for("dtmf.received", timeout=10)
+    assert error["code"] == "invalid_json"

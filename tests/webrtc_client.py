@@ -72,15 +72,20 @@ class WebRtcCaller:
         self.pc.on("track", self._on_track)
 
     async def __aenter__(self) -> WebRtcCaller:
+        answer = await self.post_offer()
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        return self
+
+    async def post_offer(self) -> dict[str, Any]:
+        """Send the offer and return the server's answer, without applying it (a caller may vanish here)."""
         await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers every candidate first
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", **self.offer_fields}
         async with httpx.AsyncClient(timeout=30) as http:
             response = await http.post(f"{self.http_url}/v1/webrtc/offer", json=body)
         response.raise_for_status()
-        answer = response.json()
+        answer: dict[str, Any] = response.json()
         self.session_id = answer["session_id"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-        return self
+        return answer
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -91,7 +96,11 @@ class WebRtcCaller:
         await self.pc.close()
 
     def send(self, event: dict[str, Any]) -> None:
-        self.channel.send(json.dumps(event))
+        self.send_raw(json.dumps(event))
+
+    def send_raw(self, text: str) -> None:
+        """Any text on the events channel (tests of the server's handling of bad input)."""
+        self.channel.send(text)
 
     async def wait_open(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
