@@ -12,7 +12,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from gateway.api_common import app_state, parse_body, require_store, unprocessable
+from gateway.api_common import app_state, parse_body, parse_query_int, require_store, unprocessable
+from gateway.protocol import clip, quote
 from telephony import twiml
 from telephony.signatures import public_ws_url
 from telephony.twilio_rest import TwilioApiError
@@ -50,7 +51,7 @@ async def place_call(request: Request) -> Response:
     store = require_store(request)
     if await store.get_flow(body.flow) is None:
         return unprocessable(
-            [{"loc": ["flow"], "msg": f"no stored flow {body.flow!r}", "type": "value_error"}]
+            [{"loc": ["flow"], "msg": f"no stored flow {quote(body.flow)}", "type": "value_error"}]
         )
     parameters = {"flow": body.flow, "from": body.from_, "to": body.to, "direction": "outbound"}
     stream = twiml.connect_stream(public_ws_url(settings.public_url, "/twilio/media"), parameters)
@@ -66,7 +67,8 @@ async def place_call(request: Request) -> Response:
             time_limit_s=body.time_limit_s,
         )
     except TwilioApiError as exc:
-        raise HTTPException(502, f"Twilio refused the call: {exc}") from exc
+        raise HTTPException(502, f"Twilio refused the call: {clip(str(exc), 200)}") from exc
+    state.twilio.owned.add(sid)  # placed here: its media stream may hang it up (see OwnedCalls)
     await store.merge_call(
         sid,
         {"direction": "outbound", "from_number": body.from_, "to_number": body.to, "status": "queued"},
@@ -77,10 +79,8 @@ async def place_call(request: Request) -> Response:
 
 
 async def list_calls(request: Request) -> Response:
-    limit = request.query_params.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= 500:
-        return unprocessable([{"loc": ["limit"], "msg": "limit must be 1..500", "type": "value_error"}])
-    rows = await require_store(request).list_calls(int(limit))
+    limit = parse_query_int(request.query_params.get("limit"), "limit", default=50, lo=1, hi=500)
+    rows = await require_store(request).list_calls(limit)
     return JSONResponse({"calls": [_public(r) for r in rows]})
 
 

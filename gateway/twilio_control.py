@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from telephony import twiml
@@ -14,6 +16,53 @@ from telephony.twilio_rest import TwilioCalls
 log = logging.getLogger("voxgate.twilio")
 
 SIGNATURE_HEADER = "x-twilio-signature"
+# A call this gateway answered or placed gets its media stream within seconds of the webhook (or of being
+# answered, for an outbound call that rings and passes machine detection first): an hour is ample.
+OWNED_CALL_TTL_S = 3600.0
+MAX_OWNED_CALLS = 10_000  # about a megabyte; the oldest go first
+MAX_CALL_SID_CHARS = 64  # Twilio's are 34
+
+
+class OwnedCalls:
+    """The call SIDs this gateway answered (served ``/twilio/voice``) or placed (``POST /v1/calls``).
+
+    Only these may be hung up or transferred over the REST API: a media stream's ``start`` names any call
+    SID its sender likes, and must not let one stream end somebody else's call. Bounded and expiring.
+    """
+
+    def __init__(
+        self,
+        ttl_s: float = OWNED_CALL_TTL_S,
+        max_calls: int = MAX_OWNED_CALLS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_calls = max_calls
+        self._clock = clock
+        self._expires: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, call_sid: str) -> None:
+        if not call_sid or len(call_sid) > MAX_CALL_SID_CHARS:
+            return
+        self._expire()
+        self._expires[call_sid] = self._clock() + self.ttl_s
+        self._expires.move_to_end(call_sid)
+        while len(self._expires) > self.max_calls:
+            self._expires.popitem(last=False)
+
+    def __contains__(self, call_sid: object) -> bool:
+        self._expire()
+        return call_sid in self._expires
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._expires)
+
+    def _expire(self) -> None:
+        # Insertion order is expiry order (one TTL for all), so the expired ones are at the front.
+        now = self._clock()
+        while self._expires and next(iter(self._expires.values())) <= now:
+            self._expires.popitem(last=False)
 
 
 class TwilioSetup:
@@ -43,6 +92,7 @@ class TwilioSetup:
                 "Twilio routes are off: set VOXGATE_TWILIO_AUTH_TOKEN and VOXGATE_PUBLIC_URL "
                 "(or VOXGATE_TWILIO_INSECURE=true for local testing without signature checks)"
             )
+        self.owned = OwnedCalls()
         self.calls: TwilioCalls | None = None
         if settings.twilio_account_sid and settings.twilio_auth_token:
             self.calls = TwilioCalls(
@@ -73,11 +123,16 @@ def twilio_gate(
 
 
 class TwilioCallControl:
-    """Hang-up and transfer of one live call through Twilio's REST API (blocking calls run in a thread)."""
+    """Hang-up and transfer of one live call through Twilio's REST API (blocking calls run in a thread).
+
+    Only for a call this gateway answered or placed, as known when the control is made (a long call
+    outlives its entry in ``OwnedCalls``); for any other call SID every action is refused and logged.
+    """
 
     def __init__(self, state: Any, call_sid: str) -> None:
         self.state = state
         self.call_sid = call_sid
+        self.owned = call_sid in state.twilio.owned
 
     async def transfer(self, target: str) -> None:
         calls = self._calls()
@@ -94,7 +149,14 @@ class TwilioCallControl:
             await asyncio.to_thread(calls.hang_up, self.call_sid)
 
     def _calls(self) -> TwilioCalls | None:
+        if not self.owned:
+            log.warning(
+                "call %r: not answered or placed by this gateway; not controlling it", self.call_sid[:40]
+            )
+            return None
         calls = self.state.twilio.calls
         if calls is None:
-            log.error("call %s: no Twilio account SID configured; cannot control the call", self.call_sid)
+            log.error(
+                "call %r: no Twilio account SID configured; cannot control the call", self.call_sid[:40]
+            )
         return calls

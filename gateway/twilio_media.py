@@ -19,10 +19,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.call_records import save_call_recording
 from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
+from gateway.protocol import flow_request
 from gateway.settings import session_config
 from gateway.twilio_control import TwilioCallControl, twilio_gate
 from pipeline.outbox import OutAudio
-from pipeline.session import Session
+from pipeline.session import Session, SessionError
 from telephony.marks import MarkTracker
 from telephony.provider import DtmfDigit, MarkEchoed, MediaChunk, ProtocolError, StreamStarted, StreamStopped
 from telephony.twilio_stream import TwilioStreamState
@@ -32,9 +33,23 @@ log = logging.getLogger("voxgate.twilio")
 MARK_EVERY_MS = 100  # one mark per 100 ms of audio: "heard" is known to within 100 ms
 MARK_WAIT_S = 1.0  # a provider that stops echoing marks must not stall the call
 
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN = 1013
+_CLOSE_CODES = {
+    "refused": CLOSE_TRY_AGAIN,
+    "start_timeout": CLOSE_POLICY,
+    "internal_error": CLOSE_INTERNAL_ERROR,
+}
+
 
 class TwilioCall:
-    """One Twilio media WebSocket: parses, checks and feeds the session; paces and marks what goes out."""
+    """One Twilio media WebSocket: parses, checks and feeds the session; paces and marks what goes out.
+
+    The socket arrives holding a place in ``state.sessions`` (a reservation): a stream that has not sent
+    ``start`` yet still counts toward ``max_sessions``, and must send it within ``twilio_start_timeout_s``.
+    """
 
     def __init__(self, ws: WebSocket, state: Any) -> None:
         self.ws = ws
@@ -43,6 +58,7 @@ class TwilioCall:
         self.marks = MarkTracker()
         self.session: Session | None = None
         self.stream_sid: str | None = None
+        self._reserved = True  # until start turns the reservation into a session
         self._sent_ms: dict[str, float] = {}
         self._unmarked_ms = 0.0
         self._last_response: str | None = None
@@ -50,27 +66,54 @@ class TwilioCall:
         self._writer: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
+        """Serve the socket (accepting it) until the stream ends; releases the reservation or session."""
+        try:
+            await self.ws.accept()
+        except BaseException:
+            self._release_reservation()
+            raise
         reason = "stream_lost"
         try:
             reason = await self._read()
+        except Exception:
+            log.exception("twilio stream %.40s: the read loop failed", self.stream_sid)
+            reason = "internal_error"
         finally:
+            self._release_reservation()
             if self.session is not None:
-                await self.session.close(reason)
-                if self._writer is not None:
-                    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
-                        await asyncio.wait_for(asyncio.shield(self._writer), timeout=2.0)
-                    self._writer.cancel()
-                self.state.sessions.remove(self.session)
-                self.state.runtime.metrics.active_sessions.labels("twilio").dec()
+                await self._end_session(reason)
+            with contextlib.suppress(Exception):
+                await self.ws.close(_CLOSE_CODES.get(reason, CLOSE_NORMAL))
+            if self.session is not None:
                 await self._record_call(status="completed")
                 await save_call_recording(self.state, self.session, self._call["sid"])
+
+    def _release_reservation(self) -> None:
+        if self._reserved:
+            self._reserved = False
+            self.state.sessions.cancel_reservation()
+
+    async def _end_session(self, reason: str) -> None:
+        assert self.session is not None
+        await self.session.close(reason)
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout=2.0)
+            self._writer.cancel()
+        self.state.sessions.remove(self.session)
+        self.state.runtime.metrics.active_sessions.labels("twilio").dec()
 
     # -- inbound ----------------------------------------------------------------------------------------------
 
     async def _read(self) -> str:
+        timeout_s = self.state.settings.twilio_start_timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             try:
-                message = await self.ws.receive()
+                message = await self._receive(None if self.session is not None else deadline)
+            except TimeoutError:
+                log.warning("twilio media socket sent no start within %.1f s; closing it", timeout_s)
+                return "start_timeout"
             except (WebSocketDisconnect, RuntimeError):
                 return "stream_lost"
             if message["type"] == "websocket.disconnect":
@@ -86,57 +129,95 @@ class TwilioCall:
                 continue
             if self.session is not None and self.session.closed.is_set():
                 return self.session.close_reason or "flow_ended"
-            if isinstance(event, StreamStarted):
-                if not await self._start(event):
-                    return "refused"
-            elif isinstance(event, MediaChunk):
-                assert self.session is not None
-                self.session.push_audio(self.stream.caller_audio(event))
-            elif isinstance(event, DtmfDigit):
-                assert self.session is not None
-                await self.session.dtmf(event.digit)
-            elif isinstance(event, MarkEchoed):
-                self._mark_echoed(event.name)
-            elif isinstance(event, StreamStopped):
-                return "caller_hangup"
+            try:
+                outcome = await self._on_event(event)
+            except Exception:
+                # One frame we failed on must not drop the call: logged and counted, the call goes on.
+                log.exception(
+                    "twilio stream %.40s: handling %s failed", self.stream_sid, type(event).__name__
+                )
+                self._bad("internal_error", "a frame could not be handled")
+                continue
+            if outcome is not None:
+                return outcome
+
+    async def _receive(self, deadline: float | None) -> dict[str, Any]:
+        """The next ASGI message; TimeoutError once ``deadline`` (loop time) has passed."""
+        if deadline is None:
+            return await self.ws.receive()
+        remaining = deadline - asyncio.get_running_loop().time()
+        return await asyncio.wait_for(self.ws.receive(), max(0.0, remaining))
+
+    async def _on_event(self, event: Any) -> str | None:
+        """Act on one checked event; a close reason when the stream ends here."""
+        if isinstance(event, StreamStarted):
+            return None if await self._start(event) else "refused"
+        if isinstance(event, MediaChunk):
+            assert self.session is not None  # StreamState refuses media before start
+            self.session.push_audio(self.stream.caller_audio(event))
+        elif isinstance(event, DtmfDigit):
+            assert self.session is not None
+            await self.session.dtmf(event.digit)
+        elif isinstance(event, MarkEchoed):
+            self._mark_echoed(event.name)
+        elif isinstance(event, StreamStopped):
+            return "caller_hangup"
+        return None
 
     def _bad(self, code: str, message: str) -> None:
         # Logged and counted; the call goes on (Twilio cannot read an error event anyway).
-        log.warning("twilio stream %s: %s: %s", self.stream_sid, code, message)
+        log.warning("twilio stream %.40s: %s: %s", self.stream_sid, code, message)
         if self.state.runtime is not None:
             self.state.runtime.metrics.errors.labels(f"twilio_{code}").inc()
 
     async def _start(self, start: StreamStarted) -> bool:
-        state = self.state
-        if not state.ready.is_set() or not state.sessions.try_reserve():
-            log.warning("twilio stream %s refused: gateway busy or not ready", start.stream_id)
+        """Set up the call's session; False (logged) when the call cannot be served."""
+        if not self.state.ready.is_set():
+            log.warning("twilio stream %.40s refused: the gateway is not ready", start.stream_id)
             return False
+        try:
+            await self._open_session(start)
+        except Exception:
+            log.exception("call %.40s: setting up the session failed", start.call_id)
+            return False
+        return True
+
+    async def _open_session(self, start: StreamStarted) -> None:
+        state = self.state
         self.stream_sid = start.stream_id
         params = dict(start.custom_parameters)
+        flow = await self._load_flow(start.call_id, params)
         config = session_config(
             state.settings, input_rate=8000, output_rate=8000, encoding="mulaw", transport="twilio"
         )
         config.recording_dir = str(state.settings.recordings_dir)  # every call is recorded (see docs)
         session = Session(state.runtime, config, recorder=state.recorder)
         session.caller = params.get("from") or None
-        flow_id = params.get("flow") or None
-        if flow_id:
-            try:
-                flow = await load_stored_flow(state, flow_id, params.get("flow_version"))
-            except FlowNotAvailable as exc:
-                log.error("twilio call %s: %s; answering without a flow", start.call_id, exc.message)
-            else:
-                control = TwilioCallControl(state, start.call_id)
-                attach_flow(session, state, flow, call=control)
+        if flow is not None:
+            control = TwilioCallControl(state, start.call_id)
+            if not control.owned:
+                log.warning("call %.40s: not answered or placed here; its flow cannot hang up", start.call_id)
+            attach_flow(session, state, flow, call=control)
         self.session = session
         state.sessions.add(session)
+        self._reserved = False
         state.runtime.metrics.active_sessions.labels("twilio").inc()
         self._call = {"sid": start.call_id, "from": params.get("from"), "to": params.get("to")}
         self._call["direction"] = params.get("direction", "inbound")
         await session.start()
         await self._record_call(status="in-progress")
         self._writer = asyncio.create_task(self._write(), name=f"{session.id}-twilio-writer")
-        return True
+
+    async def _load_flow(self, call_id: str, params: dict[str, str]) -> Any:
+        """The flow the call's parameters name, or None: a bad or missing flow must not drop the call."""
+        try:
+            flow_id, version = flow_request(params)
+            return None if flow_id is None else await load_stored_flow(self.state, flow_id, version)
+        except (SessionError, FlowNotAvailable) as exc:
+            log.error("twilio call %.40s: %s; answering without a flow", call_id, exc.message)
+        except Exception:
+            log.exception("twilio call %.40s: loading its flow failed; answering without a flow", call_id)
+        return None
 
     def _mark_echoed(self, name: str) -> None:
         confirmed = self.marks.echoed(name)
@@ -213,5 +294,11 @@ async def twilio_media_endpoint(ws: WebSocket) -> None:
         log.warning("twilio media socket refused: %s", refusal)
         await ws.close(code=1008)  # before accept: the client sees HTTP 403
         return
-    await ws.accept()
+    # A socket holds its place from before it is accepted: a stream that never sends start still counts.
+    if not state.sessions.try_reserve():
+        log.warning("twilio media socket refused: the gateway is at max_sessions")
+        if state.runtime is not None:
+            state.runtime.metrics.sessions_refused.inc()
+        await ws.close(code=CLOSE_TRY_AGAIN)  # before accept: the client sees HTTP 403
+        return
     await TwilioCall(ws, state).run()

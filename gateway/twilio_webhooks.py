@@ -35,7 +35,8 @@ async def incoming_call(request: Request) -> Response:
         return refused
     state = app_state(request)
     sessions = state.sessions
-    if not state.ready.is_set() or len(sessions.live) >= sessions.max_sessions:
+    # Streams still waiting to start hold places too: answering into a full gateway would drop the call.
+    if not state.ready.is_set() or len(sessions.live) + sessions.reserved >= sessions.max_sessions:
         return Response(twiml.reject_busy(), media_type=TWIML)
     settings = state.settings
     called = form.get("To", "")
@@ -43,6 +44,8 @@ async def incoming_call(request: Request) -> Response:
     parameters = {"from": form.get("From", ""), "to": called, "call_sid": form.get("CallSid", "")}
     if flow:
         parameters["flow"] = flow
+    # Answered here: the call's media stream may now hang it up or transfer it (see OwnedCalls).
+    state.twilio.owned.add(form.get("CallSid", ""))
     return Response(twiml.connect_stream(media_url(request), parameters), media_type=TWIML)
 
 

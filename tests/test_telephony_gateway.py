@@ -170,7 +170,11 @@ async def test_barge_in_clears_and_history_keeps_the_marked_part(server, twilio)
 
 @pytest.mark.slow
 async def test_dtmf_menu_transfer_reaches_the_rest_api(server, twilio) -> None:
-    async with _sim(server, custom_parameters={"flow": "phone-menu", "from": "+15557654321"}) as sim:
+    sim = _sim(server, custom_parameters={"flow": "phone-menu", "from": "+15557654321"})
+    # Only a call the gateway answered may be transferred: Twilio fetched its TwiML here first.
+    params = {"CallSid": sim.call_sid, "From": "+15557654321", "To": "+15550001111"}
+    assert _signed_post(server, "/twilio/voice", params).status_code == 200
+    async with sim:
         await sim.wait_for_audio(500, timeout=30)  # the menu prompt is playing
         await sim.dtmf("2")  # orders: a transfer to a number
         await sim.wait_for(lambda: twilio.requests, timeout=30)

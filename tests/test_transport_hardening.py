@@ -15,13 +15,23 @@ import websockets
 
 from gateway.client import VoiceClient
 from gateway.protocol import QUOTE_CHARS, parse_client_event
+from gateway.twilio_control import OwnedCalls, TwilioCallControl, TwilioSetup
 from gateway.webrtc import restrict_ice_host_addresses
 from pipeline.session import SessionError
 from telephony.provider import INVALID_JSON, ProtocolError
 from telephony.twilio_stream import TWILIO
+from tests.test_telephony_rest import ACCOUNT, FakeTwilio
+from tests.twilio_sim import TwilioSim, twilio_signature
 from tests.webrtc_client import WebRtcCaller
 
+TOKEN = "test-auth-token-0123456789abcdef"
 DEEP = "[" * 1000 + "]" * 1000  # 2 KB: deeper than Python's recursion limit once parsed recursively
+HANGUP_FLOW = {
+    "id": "hardening-hang-up",
+    "name": "Hangs up at once",
+    "start": "bye",
+    "nodes": [{"id": "bye", "type": "end", "reason": "done"}],
+}
 
 
 # -- parsers: no server needed -------------------------------------------------------------------------------
@@ -54,6 +64,17 @@ def test_error_messages_quote_only_a_prefix_of_what_they_refuse() -> None:
         parse_client_event(json.dumps(event))
     assert invalid.value.code == "invalid_event" and len(invalid.value.message) < 2000
     assert "and 195 more" in invalid.value.message
+
+
+def test_owned_calls_expire_and_stay_bounded() -> None:
+    now = [0.0]
+    owned = OwnedCalls(ttl_s=10, max_calls=3, clock=lambda: now[0])
+    for sid in ("CA1", "CA2", "CA3", "CA4"):
+        owned.add(sid)
+    owned.add("CA" + "9" * 100)  # longer than any real SID: not kept
+    assert "CA1" not in owned and "CA4" in owned and len(owned) == 3
+    now[0] = 10.0
+    assert "CA4" not in owned and len(owned) == 0
 
 
 # -- the WebSocket --------------------------------------------------------------------------------------------
@@ -121,6 +142,25 @@ async def test_any_failure_setting_up_a_session_is_an_error_and_a_clean_close(
     event, code = await _refusal(server.url)
     assert event == {"type": "error", "code": "internal_error", "message": "the session could not be set up"}
     assert code == 1011 and server.state.sessions.reserved == reserved
+
+
+# -- HTTP query parameters -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/v1/calls?limit=²",
+        "/v1/calls?limit=99999999999999999999",
+        "/v1/calls?limit=0",
+        "/v1/sessions?since=nan",
+        "/v1/sessions?until=inf",
+        "/v1/sessions?limit=²",
+    ],
+)
+def test_bad_list_parameters_are_422(server, query: str) -> None:
+    response = httpx.get(f"{server.http}{query}", timeout=10)
+    assert response.status_code == 422 and "detail" in response.json()
 
 
 # -- WebRTC ---------------------------------------------------------------------------------------------------
@@ -197,3 +237,103 @@ async def test_deep_nested_frame_on_the_data_channel(server, webrtc) -> None:
         caller.send({"type": "input_dtmf", "digit": "4"})
         await caller.wait_for("dtmf.received", timeout=10)
     assert error["code"] == "invalid_json"
+
+
+# -- Twilio ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def twilio(server) -> Iterator[FakeTwilio]:  # type: ignore[no-untyped-def]
+    """Signed Twilio routes, REST calls to a fake Twilio, a two-second deadline for ``start``."""
+    fake = FakeTwilio()
+    settings = copy.copy(server.state.settings)
+    settings.twilio_auth_token = TOKEN
+    settings.twilio_account_sid = ACCOUNT
+    settings.public_url = server.http
+    settings.twilio_api_base_url = fake.url
+    settings.twilio_start_timeout_s = 2.0
+    saved, server.state.twilio = server.state.twilio, TwilioSetup(settings)
+    saved_settings, server.state.settings = server.state.settings, settings
+    try:
+        yield fake
+    finally:
+        server.state.twilio, server.state.settings = saved, saved_settings
+        fake.close()
+
+
+@pytest.fixture
+def hang_up_flow(server) -> str:  # type: ignore[no-untyped-def]
+    """A stored flow that ends (hangs up) as soon as it starts."""
+    response = httpx.post(f"{server.http}/v1/flows", json=HANGUP_FLOW, timeout=10)
+    if response.status_code == 409:
+        response = httpx.put(f"{server.http}/v1/flows/{HANGUP_FLOW['id']}", json=HANGUP_FLOW, timeout=10)
+    assert response.status_code in (200, 201), response.text
+    return str(HANGUP_FLOW["id"])
+
+
+def _sim(server, **kwargs: Any) -> TwilioSim:  # type: ignore[no-untyped-def]
+    return TwilioSim(f"ws://127.0.0.1:{server.port}/twilio/media", auth_token=TOKEN, **kwargs)
+
+
+async def _answer_webhook(server, call_sid: str) -> str:  # type: ignore[no-untyped-def]
+    """Twilio asks /twilio/voice what to do with ``call_sid`` (the gateway answers it); returns the TwiML."""
+    params = {"CallSid": call_sid, "From": "+15557654321", "To": "+15550001111"}
+    signature = twilio_signature(TOKEN, f"{server.http}/twilio/voice", params)
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            f"{server.http}/twilio/voice", data=params, headers={"X-Twilio-Signature": signature}
+        )
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+async def test_socket_without_start_counts_and_is_closed_at_the_deadline(server, twilio) -> None:
+    sessions = server.state.sessions
+    reserved = sessions.reserved
+    saved, sessions.max_sessions = sessions.max_sessions, len(sessions.live) + reserved + 1
+    try:
+        async with _sim(server, send_start=False) as pending:
+            # The pending stream holds the last place: a voice client is refused meanwhile.
+            event, code = await _refusal(server.url)
+            assert event["code"] == "server_busy" and code == 1013
+            assert "<Reject" in await _answer_webhook(server, "CAwhilefull0123456789abcdef012345")
+            assert not pending.closed.is_set() and sessions.reserved == reserved + 1
+            await pending.wait_closed(timeout=8)
+    finally:
+        sessions.max_sessions = saved
+    assert pending.close_code == 1008 and sessions.reserved == reserved
+
+
+async def _call_ends_at_once(server, sim: TwilioSim) -> None:  # type: ignore[no-untyped-def]
+    async with sim:
+        for _ in range(100):  # frames keep coming until the gateway ends the stream
+            await sim.silence(0.1)
+            if sim.closed.is_set():
+                break
+        await sim.wait_closed(timeout=5)
+
+
+async def test_start_with_a_foreign_call_sid_hangs_nothing_up(server, twilio, hang_up_flow) -> None:
+    foreign = _sim(server, custom_parameters={"flow": hang_up_flow})
+    await _call_ends_at_once(server, foreign)
+    assert twilio.requests == []
+    # The same flow on a call the gateway answered does hang it up, over the REST API.
+    answered = _sim(server, custom_parameters={"flow": hang_up_flow})
+    await _answer_webhook(server, answered.call_sid)
+    await _call_ends_at_once(server, answered)
+    assert [r["path"].rsplit("/", 1)[-1] for r in twilio.requests] == [f"{answered.call_sid}.json"]
+
+
+async def test_status_callback_for_a_foreign_call_hangs_nothing_up(server, twilio) -> None:
+    control = TwilioCallControl(server.state, "CAsomebodyelse0123456789abcdef0123")
+    await control.hang_up(say="Bye.")
+    await control.transfer("+15555550142")
+    assert not control.owned and twilio.requests == []
+
+
+async def test_bad_flow_version_in_custom_parameters_answers_without_the_flow(server, twilio) -> None:
+    params = {"flow": "phone-menu", "flow_version": "²"}
+    async with _sim(server, custom_parameters=params) as sim:
+        await sim.silence(0.3)
+        session = next(s for s in server.state.sessions.live.values() if s.config.transport == "twilio")
+        assert not sim.closed.is_set() and session.flow_id is None
