@@ -44,13 +44,15 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
     api_key: str | None = Field(
-        None, description="when set, clients must send it as a Bearer token or ?api_key="
+        None,
+        description="when set, clients send it as Authorization: Bearer; browsers trade it for a one-use "
+        "token (POST /v1/sessions/token) to open a WebSocket; keys in URLs are refused",
     )
 
     # limits and browser safety (docs/security.md)
     allowed_origins: list[str] = Field(
         default_factory=list,
-        description='other origins whose web pages may call the API and open WebSockets, as JSON: '
+        description="other origins whose web pages may call the API and open WebSockets, as JSON: "
         '["https://app.example.com"] ("*": any). Same-origin pages and clients that send no Origin always may',
     )
     allowed_hosts: list[str] = Field(
