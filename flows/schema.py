@@ -27,6 +27,7 @@ __all__ = [
     "HttpNode",
     "LlmExit",
     "LlmNode",
+    "MAX_NODES",
     "Node",
     "SayNode",
     "TransferNode",
@@ -42,6 +43,8 @@ VARIABLE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 # A phone number in E.164 form, or a SIP URI.
 TRANSFER_TARGET = r"^(\+[1-9][0-9]{6,14}|sips?:[^\s]+)$"
 EXIT_NAME = r"^[a-z][a-z0-9_]{0,39}$"
+
+MAX_NODES = 500
 
 # Names the runner provides to every template; flows cannot declare or collect into them.
 BUILTIN_VARIABLES = frozenset({"now"})
@@ -232,7 +235,7 @@ class Flow(_Model):
     start: NodeId
     variables: dict[VariableName, Any] = Field(default_factory=dict)
     settings: FlowSettings = Field(default_factory=FlowSettings)
-    nodes: list[Node] = Field(min_length=1, max_length=500)
+    nodes: list[Node] = Field(min_length=1, max_length=MAX_NODES)
 
     def node(self, node_id: str) -> Node:
         """The node with this id (KeyError if none)."""
@@ -270,7 +273,8 @@ def edges_of(node: dict[str, Any]) -> list[tuple[str, Any]]:
     schema check. Missing optional edges are skipped; a present non-string target is returned as is.
     """
     out: list[tuple[str, Any]] = []
-    for spec in EDGE_FIELDS.get(node.get("type"), ()):  # type: ignore[arg-type]
+    kind = node.get("type")
+    for spec in EDGE_FIELDS.get(kind, ()) if isinstance(kind, str) else ():
         if "[]." in spec:
             list_name, sub = spec.split("[].")
             items = node.get(list_name)

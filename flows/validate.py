@@ -7,21 +7,50 @@ the raw document, so one malformed node does not hide the problems of the others
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import math
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import regex
 from pydantic import ValidationError
 
 from flows.logic import check_expression, expression_variables
-from flows.schema import ANY_NODE_TYPES, BUILTIN_VARIABLES, RESERVED_NAMES, TERMINAL_TYPES, Flow, edges_of
-from flows.templates import TemplateError, secret_references, template_variables
+from flows.schema import (
+    ANY_NODE_TYPES,
+    BUILTIN_VARIABLES,
+    MAX_NODES,
+    RESERVED_NAMES,
+    TERMINAL_TYPES,
+    Flow,
+    edges_of,
+)
+from flows.templates import TemplateError, secret_references, template_variables, uses_secrets
 
-__all__ = ["FlowIssue", "FlowValidationError", "load_flow", "validate_flow"]
+__all__ = ["FlowIssue", "FlowValidationError", "load_flow", "load_flow_off_loop", "validate_flow"]
+
+# Caps checked before any costly work, by one bounded walk of the document. Real flows are far inside them
+# (the largest shipped example has ~300 values); they bound what one request can make the checker do.
+MAX_DEPTH = 80  # nesting of objects and lists (a branch condition may nest up to 64 on its own)
+MAX_VALUES = 100_000  # values in the whole document
+MAX_STRING_CHARS = 100_000  # one string
+MAX_DOCUMENT_CHARS = 2_000_000  # all strings (and keys) together
+MAX_ISSUES = 200  # issues reported; the rest are summed up in one last issue
+MAX_TEMPLATE_CHARS = 4000  # one template (the schema's limit for text fields; http body strings too)
+# All templates of a flow together (plain texts without "{" do not count). Checking costs up to 5 ms per
+# 1,000 characters: this bounds a flow's template checks to about half a second.
+MAX_FLOW_TEMPLATE_CHARS = 100_000
+MAX_PATTERN_CHARS = 500  # a collect node's regular expression (also the schema's limit)
+# The product of a pattern's repeat counts: "(a{100}){100}" expands to 10,000 steps when it compiles, and
+# "((a{100}){100}){100}" took 0.3 s to compile. Real patterns ("\d{4}-\d{2}") are in the tens.
+MAX_PATTERN_REPEAT = 10_000
 
 # Template fields of each node type (paths relative to the node; "headers.*" = every header value).
 TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -75,14 +104,36 @@ def load_flow(
     if isinstance(doc, str | bytes):
         try:
             doc = json.loads(doc)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise FlowValidationError(
-                [FlowIssue(None, "", "invalid_json", f"not valid JSON: {exc}")]
-            ) from exc
+                [FlowIssue(None, "", "invalid_json", f"not valid JSON: {str(exc)[:200]}")]
+            ) from None
     issues = validate_flow(doc, known_tools=known_tools, known_secrets=known_secrets)  # type: ignore[arg-type]
     if issues:
         raise FlowValidationError(issues)
     return Flow.model_validate(doc)
+
+
+# Validation is CPU work of up to a few hundred milliseconds for a large flow: it runs on these threads,
+# never on the event loop. Two threads: a flood of checks queues here instead of taking every core.
+_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flow-check")
+
+
+async def load_flow_off_loop(
+    doc: dict[str, Any] | str | bytes, *, known_secrets: Iterable[str] = (), timeout_s: float
+) -> Flow:
+    """:func:`load_flow` on a worker thread, for async callers; the event loop stays free.
+
+    A check that has not finished (queue time included) after ``timeout_s`` raises
+    :class:`FlowValidationError` with one ``check_timeout`` issue. A thread cannot be stopped, so the caps
+    of :func:`validate_flow` are what bound the work; the time limit only bounds the caller's wait.
+    """
+    job = functools.partial(load_flow, doc, known_secrets=tuple(known_secrets))
+    try:
+        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(_CHECKS, job), timeout_s)
+    except TimeoutError:
+        message = f"the flow could not be checked within {timeout_s:g} s; make it smaller and try again"
+        raise FlowValidationError([FlowIssue(None, "", "check_timeout", message)]) from None
 
 
 def validate_flow(
@@ -96,7 +147,70 @@ def validate_flow(
     del known_tools  # reserved: see the docstring
     if not isinstance(doc, dict):
         return [FlowIssue(None, "", "schema", "a flow must be a JSON object")]
-    return list(_Checker(doc, set(known_secrets)).run())
+    limits = _Limits(doc)
+    if limits.exceeded:  # caps first: nothing costly runs on an oversized document
+        return limits.issues
+    issues = limits.issues
+    for issue in _Checker(doc, set(known_secrets)).run():
+        if len(issues) == MAX_ISSUES:
+            issues.append(
+                FlowIssue(None, "", "too_many_issues", f"more than {MAX_ISSUES} issues; fix these first")
+            )
+            break
+        issues.append(issue)
+    return issues
+
+
+class _Limits:
+    """One bounded, iterative walk of the whole document: the size caps, and numbers JSON cannot hold.
+
+    ``exceeded`` means a cap was hit and the document must not be checked further. It visits at most
+    MAX_VALUES values, so it is cheap on any input, however large or deep.
+    """
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.issues: list[FlowIssue] = []
+        self.exceeded = False
+        nodes = doc.get("nodes")
+        if isinstance(nodes, list) and len(nodes) > MAX_NODES:
+            self._cap("nodes", f"a flow has at most {MAX_NODES} nodes, this one has {len(nodes)}")
+        else:
+            self._walk(doc)
+
+    def _cap(self, field: str, message: str) -> None:
+        self.issues.append(FlowIssue(None, field, "too_large", message))
+        self.exceeded = True
+
+    def _walk(self, doc: dict[str, Any]) -> None:
+        values = chars = 0
+        stack: list[tuple[Any, tuple[Any, ...]]] = [(doc, ())]
+        while stack:
+            value, path = stack.pop()
+            values += 1
+            if values > MAX_VALUES:
+                return self._cap("", f"a flow holds at most {MAX_VALUES} values")
+            if isinstance(value, str):
+                chars += len(value)
+                if len(value) > MAX_STRING_CHARS:
+                    self._cap(_path(path), f"text longer than {MAX_STRING_CHARS} characters")
+            elif isinstance(value, float) and not math.isfinite(value):
+                self.issues.append(
+                    FlowIssue(None, _path(path), "invalid_number", "NaN and Infinity are not JSON")
+                )
+            elif isinstance(value, dict | list):
+                if len(path) >= MAX_DEPTH:
+                    return self._cap(_path(path), f"nested deeper than {MAX_DEPTH} levels")
+                if isinstance(value, list):
+                    stack.extend((item, (*path, j)) for j, item in enumerate(value))
+                    continue
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        return self._cap(_path(path), "object keys must be strings")
+                    chars += len(key)
+                    stack.append((item, (*path, key)))
+            if chars > MAX_DOCUMENT_CHARS:
+                return self._cap("", f"a flow holds at most {MAX_DOCUMENT_CHARS} characters of text")
+        return None
 
 
 def _path(parts: Iterable[Any]) -> str:
@@ -124,6 +238,7 @@ class _Checker:
             if isinstance(node, dict) and isinstance(node.get("id"), str):
                 self.index.setdefault(node["id"], i)
         self.broken: set[int] = set()  # nodes with schema errors: opaque to the graph checks
+        self.template_chars = 0  # characters of templates parsed so far
 
     def run(self) -> Iterator[FlowIssue]:
         yield from self._schema()
@@ -203,32 +318,24 @@ class _Checker:
         if kind == "collect":
             yield from self._collect(i, nid, node)
         elif kind == "llm":
-            names = [e.get("name") for e in node.get("exits") or [] if isinstance(e, dict)]
-            for j, name in enumerate(names):
-                if name == "stay":
+            for j, name in _repeats(node.get("exits"), "name"):
+                yield FlowIssue(
+                    nid, f"nodes[{i}].exits[{j}].name", "duplicate_exit", f"exit {name!r} is repeated"
+                )
+            for j, exit_ in enumerate(_list(node.get("exits"))):
+                if isinstance(exit_, dict) and exit_.get("name") == "stay":
                     yield FlowIssue(nid, f"nodes[{i}].exits[{j}].name", "reserved_exit", '"stay" is reserved')
-                elif name in names[:j]:
-                    yield FlowIssue(
-                        nid, f"nodes[{i}].exits[{j}].name", "duplicate_exit", f"exit {name!r} is repeated"
-                    )
         elif kind == "dtmf_menu":
-            digits = [o.get("digit") for o in node.get("options") or [] if isinstance(o, dict)]
-            for j, digit in enumerate(digits):
-                if digit in digits[:j]:
-                    yield FlowIssue(
-                        nid,
-                        f"nodes[{i}].options[{j}].digit",
-                        "duplicate_digit",
-                        f"digit {digit!r} is repeated",
-                    )
+            for j, digit in _repeats(node.get("options"), "digit"):
+                yield FlowIssue(
+                    nid, f"nodes[{i}].options[{j}].digit", "duplicate_digit", f"digit {digit!r} is repeated"
+                )
         elif kind == "http":
             url = node.get("url")
-            if isinstance(url, str) and "{" not in url:
-                parts = urlsplit(url)
-                if parts.scheme not in ("http", "https") or not parts.hostname:
-                    yield FlowIssue(
-                        nid, f"nodes[{i}].url", "invalid_url", "url must be an http(s) URL with a host"
-                    )
+            if isinstance(url, str) and "{" not in url and not _http_url(url):
+                yield FlowIssue(
+                    nid, f"nodes[{i}].url", "invalid_url", "url must be an http(s) URL with a host"
+                )
 
     def _collect(self, i: int, nid: str | None, node: dict[str, Any]) -> Iterator[FlowIssue]:
         kind = node.get("kind")
@@ -241,12 +348,9 @@ class _Checker:
                     nid, f"nodes[{i}].pattern", "missing_pattern", "a regex collect needs a pattern"
                 )
             elif isinstance(pattern, str):
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    yield FlowIssue(
-                        nid, f"nodes[{i}].pattern", "invalid_pattern", f"bad regular expression: {exc}"
-                    )
+                problem = pattern_problem(pattern)
+                if problem:
+                    yield FlowIssue(nid, f"nodes[{i}].pattern", "invalid_pattern", problem)
 
     # -- variables, templates, conditions ---------------------------------------------------------------
 
@@ -278,7 +382,7 @@ class _Checker:
                 continue
             nid = self._node_id(i)
             kind = node["type"]
-            if kind == "collect" and node.get("variable") in RESERVED_NAMES:
+            if kind == "collect" and _is_reserved(node.get("variable")):
                 yield FlowIssue(
                     nid,
                     f"nodes[{i}].variable",
@@ -296,14 +400,36 @@ class _Checker:
                         )
             for path, source in _template_strings(node, TEMPLATE_FIELDS[kind]):
                 yield from self._template(nid, f"nodes[{i}].{path}", source, defined, kind == "http")
+            url = node.get("url")
+            if kind == "http" and isinstance(url, str) and _uses_secrets(url):
+                yield FlowIssue(
+                    nid,
+                    f"nodes[{i}].url",
+                    "secret_in_url",
+                    "secrets may be used in headers and the body, never in the url (urls end up in logs "
+                    "and error messages)",
+                )
             if kind == "branch":
-                for j, case in enumerate(node.get("cases") or []):
+                for j, case in enumerate(_list(node.get("cases"))):
                     if isinstance(case, dict) and "when" in case:
                         yield from self._condition(nid, f"nodes[{i}].cases[{j}].when", case["when"], defined)
 
     def _template(
         self, nid: str | None, field: str, source: str, defined: set[str], http: bool
     ) -> Iterator[FlowIssue]:
+        if "{" not in source:
+            return  # plain text: nothing to parse
+        if len(source) > MAX_TEMPLATE_CHARS:
+            yield FlowIssue(nid, field, "too_large", f"template longer than {MAX_TEMPLATE_CHARS} characters")
+            return
+        self.template_chars += len(source)
+        if self.template_chars > MAX_FLOW_TEMPLATE_CHARS:
+            if self.template_chars - len(source) <= MAX_FLOW_TEMPLATE_CHARS:  # say it once
+                message = (
+                    f"templates hold more than {MAX_FLOW_TEMPLATE_CHARS} characters; the rest are not checked"
+                )
+                yield FlowIssue(nid, field, "too_large", message)
+            return
         try:
             names = template_variables(source)
             secrets, other_secret_use = secret_references(source) if http else (set(), False)
@@ -340,20 +466,26 @@ class _Checker:
         can_exit: set[str] = set()
         for nid, i in self.index.items():
             node = self.nodes[i]
+            kind = node.get("type")
             targets = [t for _, t in edges_of(node) if isinstance(t, str)]
             edges[nid] = [t for t in targets if t in self.index]
-            opaque = i in self.broken or node.get("type") not in ANY_NODE_TYPES
+            opaque = i in self.broken or kind not in ANY_NODE_TYPES
             dangling = len(edges[nid]) < len(targets)  # already reported as unknown_node
-            implicit_end = node.get("type") == "llm" and not node.get("on_max_turns")
-            if node.get("type") in TERMINAL_TYPES or opaque or dangling or implicit_end:
+            implicit_end = kind == "llm" and not node.get("on_max_turns")
+            if opaque or kind in TERMINAL_TYPES or dangling or implicit_end:
                 can_exit.add(nid)
-        changed = True
-        while changed:  # reverse reachability to a way out, to a fixpoint (graphs are small)
-            changed = False
-            for nid, targets in edges.items():
-                if nid not in can_exit and any(t in can_exit for t in targets):
-                    can_exit.add(nid)
-                    changed = True
+        # Reverse reachability from the ways out: one breadth-first pass over the reversed edges, linear in
+        # the size of the graph (a fixpoint loop here was quadratic: 50 s for 10,000 nodes).
+        sources: dict[str, list[str]] = {}
+        for nid, targets in edges.items():
+            for target in targets:
+                sources.setdefault(target, []).append(nid)
+        pending = deque(can_exit)
+        while pending:
+            for source in sources.get(pending.popleft(), ()):
+                if source not in can_exit:
+                    can_exit.add(source)
+                    pending.append(source)
 
         start = self.doc.get("start")
         reachable: set[str] | None = None
@@ -397,3 +529,59 @@ def _json_strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from _json_strings(item, f"{path}.{key}")
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _repeats(items: Any, key: str) -> Iterator[tuple[int, str]]:
+    """(index, value) of each item whose string ``key`` repeats an earlier item's."""
+    seen: set[str] = set()
+    for j, item in enumerate(_list(items)):
+        value = item.get(key) if isinstance(item, dict) else None
+        if isinstance(value, str):
+            if value in seen:
+                yield j, value
+            seen.add(value)
+
+
+def _is_reserved(name: Any) -> bool:
+    return isinstance(name, str) and name in RESERVED_NAMES
+
+
+def _http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # "http://[::1" and friends
+        return False
+
+
+def _uses_secrets(source: str) -> bool:
+    try:
+        return uses_secrets(source)
+    except TemplateError:
+        return False  # reported as template_syntax
+
+
+_REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why a collect node's regular expression cannot be used, or None when it is fine.
+
+    Patterns run on the ``regex`` engine (with a time limit per match), so that is what compiles them here.
+    """
+    if len(pattern) > MAX_PATTERN_CHARS:
+        return f"pattern longer than {MAX_PATTERN_CHARS} characters"
+    product = 1
+    for low, high in _REPEAT.findall(pattern):
+        product *= max(int(low), int(high) if high else 0, 1)
+        if product > MAX_PATTERN_REPEAT:
+            return f"repeat counts multiply to more than {MAX_PATTERN_REPEAT}; use + or * for long runs"
+    try:
+        regex.compile(pattern, flags=regex.IGNORECASE)
+    except (regex.error, OverflowError, ValueError, RecursionError) as exc:
+        return f"bad regular expression: {exc}"
+    return None
