@@ -3,21 +3,57 @@
 Expressions are plain JSON; each operator is a Python function in a dict, so nothing is ever ``eval``-ed and a
 flow can only compute with the operators listed here. Depth is bounded so a hostile document cannot exhaust
 the stack.
+
+Conditions run on the event loop, so the work is bounded too: every evaluation step checks a CPU-time
+budget, and the operations that copy or compare whole values (``merge``, ``cat``, ``==``, ``in``, ``*``)
+size their inputs first. ``map`` inside ``map`` can otherwise build a structure that doubles per level.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["OPERATORS", "LogicError", "check_expression", "evaluate", "expression_variables", "truthy"]
 
 MAX_DEPTH = 64
+EVAL_CPU_S = 0.02  # CPU time one evaluation may use
+MAX_ITEMS = 10_000  # list or object entries one operation may walk or build
+MAX_CHARS = 1_000_000  # characters one operation may walk or build
+MAX_INT_BITS = 4096
 
 
 class LogicError(ValueError):
     """An expression is malformed or cannot be evaluated."""
+
+
+# The CPU-time deadline of the evaluation running in this context (None outside evaluate()).
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("flow_logic_deadline", default=None)
+
+
+def _step() -> None:
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.thread_time() > deadline:
+        raise LogicError(f"condition needs more than {EVAL_CPU_S * 1000:g} ms")
+
+
+def _sized(*values: Any) -> None:
+    """Raise LogicError if ``values`` hold more than MAX_ITEMS entries or MAX_CHARS characters; a bounded
+    walk, so it is cheap even on a structure that shares one list many times over."""
+    chars = items = 0
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, list | dict):
+            items += len(value)
+            stack.extend(value.values() if isinstance(value, dict) else value)
+        if items > MAX_ITEMS or chars > MAX_CHARS:
+            raise LogicError(f"value too large (more than {MAX_ITEMS} items or {MAX_CHARS} characters)")
 
 
 def truthy(value: Any) -> bool:
@@ -45,6 +81,8 @@ def _number(value: Any) -> float | int:
 
 def _loose_equal(a: Any, b: Any) -> bool:
     # JavaScript-style ==, limited to JSON types: numbers, numeric strings and booleans compare as numbers.
+    if isinstance(a, list | dict) or isinstance(b, list | dict):
+        _sized(a, b)  # Python compares whole structures in one C call
     if a is None or b is None:
         return a is None and b is None
     if isinstance(a, str) and isinstance(b, str):
@@ -58,6 +96,8 @@ def _loose_equal(a: Any, b: Any) -> bool:
 
 
 def _strict_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, list | dict) or isinstance(b, list | dict):
+        _sized(a, b)
     if isinstance(a, bool) != isinstance(b, bool):
         return False
     return (
@@ -141,11 +181,20 @@ def _minus(*args: Any) -> float | int:
 def _times(*args: Any) -> float | int:
     result: float | int = 1
     for a in args:
-        result *= _number(a)
+        factor = _number(a)
+        if (
+            isinstance(result, int)
+            and isinstance(factor, int)
+            and result.bit_length() + factor.bit_length() > MAX_INT_BITS
+        ):
+            raise LogicError(f"product larger than {MAX_INT_BITS} bits")
+        result *= factor
     return result
 
 
 def _stringify(value: Any) -> str:
+    if isinstance(value, list | dict):
+        _sized(value)
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -159,8 +208,16 @@ def _in(needle: Any, haystack: Any) -> bool:
     if isinstance(haystack, str):
         return _stringify(needle) in haystack
     if isinstance(haystack, list):
+        _sized(needle, haystack)
         return any(_loose_equal(needle, item) for item in haystack)
     return False
+
+
+def _cat(*args: Any) -> str:
+    parts = [_stringify(a) for a in args]
+    if sum(len(p) for p in parts) > MAX_CHARS:
+        raise LogicError(f"text longer than {MAX_CHARS} characters")
+    return "".join(parts)
 
 
 def _substr(source: Any, start: Any, length: Any = None) -> str:
@@ -179,6 +236,8 @@ def _merge(*args: Any) -> list[Any]:
     out: list[Any] = []
     for a in args:
         out.extend(a if isinstance(a, list) else [a])
+        if len(out) > MAX_ITEMS:
+            raise LogicError(f"merge of more than {MAX_ITEMS} items")
     return out
 
 
@@ -211,7 +270,7 @@ OPERATORS: dict[str, Callable[..., Any]] = {
     "%": _modulo,
     "max": _extremum(max),
     "min": _extremum(min),
-    "cat": lambda *args: "".join(_stringify(a) for a in args),
+    "cat": _cat,
     "substr": _substr,
     "in": lambda a=None, b=None: _in(a, b),
     "merge": _merge,
@@ -230,13 +289,21 @@ def _is_operation(value: Any) -> bool:
 
 
 def evaluate(expr: Any, data: Mapping[str, Any] | None = None) -> Any:
-    """Evaluate a JSONLogic expression against ``data``; raises :class:`LogicError` on bad input."""
-    return _eval(expr, data if data is not None else {}, 0)
+    """Evaluate a JSONLogic expression against ``data``; raises :class:`LogicError` on bad input, and on an
+    expression that needs more than EVAL_CPU_S of CPU time or builds values past the size caps."""
+    token = _DEADLINE.set(time.thread_time() + EVAL_CPU_S)
+    try:
+        return _eval(expr, data if data is not None else {}, 0)
+    except RecursionError:
+        raise LogicError("expression nested too deeply") from None
+    finally:
+        _DEADLINE.reset(token)
 
 
 def _eval(expr: Any, data: Any, depth: int) -> Any:
     if depth > MAX_DEPTH:
         raise LogicError("expression nested too deeply")
+    _step()
     if isinstance(expr, list):
         return [_eval(item, data, depth + 1) for item in expr]
     if not isinstance(expr, dict):

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from flows.extract import extract, match_choice, match_exit
+from flows.extract import REGEX_TIMEOUT_S, extract, match_choice, match_exit
 from flows.http_tool import HttpTool
 from flows.logic import LogicError, evaluate, truthy
 from flows.schema import (
@@ -110,6 +110,7 @@ class FlowRunner:
         clock: Callable[[], datetime] | None = None,
         variables: Mapping[str, Any] | None = None,
         max_steps: int = 100,
+        regex_timeout_s: float = REGEX_TIMEOUT_S,
     ) -> None:
         if complete is None and any(isinstance(n, LlmNode) for n in flow.nodes):
             raise ValueError("this flow has llm nodes, so the runner needs a complete() function")
@@ -122,6 +123,7 @@ class FlowRunner:
         self._nodes = flow.node_map()
         self._vars: dict[str, Any] = {**flow.variables, **(variables or {})}
         self._max_steps = max_steps
+        self._regex_timeout_s = regex_timeout_s
         self._lock = asyncio.Lock()
         self._node: Node | None = None
         self._waiting = False
@@ -263,6 +265,10 @@ class FlowRunner:
             if steps > self._max_steps:
                 await self._error(f"more than {self._max_steps} nodes ran without waiting for the caller")
                 return
+            if steps > 1:
+                # Each node's work is bounded (a template render has a CPU budget), but a flow may chain up to
+                # max_steps nodes without waiting: let the loop serve others between them.
+                await asyncio.sleep(0)
             node = self._nodes.get(node_id)
             if node is None:  # only an unvalidated Flow can get here; load_flow() rejects unknown targets
                 await self._error(f"no node with id {node_id!r}")
@@ -324,11 +330,11 @@ class FlowRunner:
     async def _collect_answer(self, node: CollectNode, text: str) -> None:
         choices = [(c.value, c.synonyms) for c in node.choice_list()]
         now = self.now()
-        value = extract(node.kind, text, now=now, choices=choices, pattern=node.pattern)
+        value = self._extract(node, text, now, choices)
         if value is None and node.llm_fallback and self._complete is not None and node.kind != "text":
             normalized = await self._llm_normalize(node, text, now)
             if normalized:
-                value = extract(node.kind, normalized, now=now, choices=choices, pattern=node.pattern)
+                value = self._extract(node, normalized, now, choices)
         if value is None:
             self._retries += 1
             if self._retries > node.max_retries:
@@ -338,6 +344,18 @@ class FlowRunner:
             return
         await self._set(node.variable, value)
         await self._goto(node.next)
+
+    def _extract(
+        self, node: CollectNode, text: str, now: datetime, choices: list[tuple[str, list[str]]]
+    ) -> Any:
+        return extract(
+            node.kind,
+            text,
+            now=now,
+            choices=choices,
+            pattern=node.pattern,
+            regex_timeout_s=self._regex_timeout_s,
+        )
 
     async def _llm_normalize(self, node: CollectNode, text: str, now: datetime) -> str | None:
         """Ask the model to restate an answer in a form the deterministic parser understands."""
@@ -435,6 +453,8 @@ class FlowRunner:
     async def _branch(self, node: BranchNode) -> str:
         data = {**self._vars, "now": self.now().isoformat()}
         for j, case in enumerate(node.cases):
+            if j:
+                await asyncio.sleep(0)  # each condition has a CPU budget; a node may hold 50 of them
             try:
                 if truthy(evaluate(case.when, data)):
                     return case.next
