@@ -13,10 +13,10 @@ import json
 import math
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import regex
@@ -34,7 +34,16 @@ from flows.schema import (
 )
 from flows.templates import TemplateError, secret_references, template_variables, uses_secrets
 
-__all__ = ["FlowIssue", "FlowValidationError", "load_flow", "load_flow_off_loop", "validate_flow"]
+__all__ = [
+    "FlowIssue",
+    "FlowValidationError",
+    "load_flow",
+    "load_flow_off_loop",
+    "run_check",
+    "validate_flow",
+]
+
+T = TypeVar("T")
 
 # Caps checked before any costly work, by one bounded walk of the document. Real flows are far inside them
 # (the largest shipped example has ~300 values); they bound what one request can make the checker do.
@@ -119,21 +128,27 @@ def load_flow(
 _CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flow-check")
 
 
-async def load_flow_off_loop(
-    doc: dict[str, Any] | str | bytes, *, known_secrets: Iterable[str] = (), timeout_s: float
-) -> Flow:
-    """:func:`load_flow` on a worker thread, for async callers; the event loop stays free.
+async def run_check(job: Callable[[], T], *, timeout_s: float) -> T:
+    """Run ``job`` (a flow check: parsing, :func:`load_flow`) on a check thread; the event loop stays free.
 
-    A check that has not finished (queue time included) after ``timeout_s`` raises
+    A job that has not finished (queue time included) after ``timeout_s`` raises
     :class:`FlowValidationError` with one ``check_timeout`` issue. A thread cannot be stopped, so the caps
     of :func:`validate_flow` are what bound the work; the time limit only bounds the caller's wait.
     """
-    job = functools.partial(load_flow, doc, known_secrets=tuple(known_secrets))
     try:
         return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(_CHECKS, job), timeout_s)
     except TimeoutError:
         message = f"the flow could not be checked within {timeout_s:g} s; make it smaller and try again"
         raise FlowValidationError([FlowIssue(None, "", "check_timeout", message)]) from None
+
+
+async def load_flow_off_loop(
+    doc: dict[str, Any] | str | bytes, *, known_secrets: Iterable[str] = (), timeout_s: float
+) -> Flow:
+    """:func:`load_flow` through :func:`run_check`."""
+    return await run_check(
+        functools.partial(load_flow, doc, known_secrets=tuple(known_secrets)), timeout_s=timeout_s
+    )
 
 
 def validate_flow(

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from flows import FlowValidationError, load_flow
+from flows import FlowValidationError
+from flows.extract import REGEX_TIMEOUT_S
 from flows.http_tool import HttpTool
 from flows.runner import CompleteFn, FlowRunner
-from flows.schema import Flow
+from flows.schema import SLUG, Flow
+from flows.validate import load_flow_off_loop
 from gateway.flow_llm import engine_complete
 from pipeline.response import Response, new_id
 from pipeline.session import Session, TurnRecord
+
+log = logging.getLogger("voxgate.flows")
 
 
 class CallControl(Protocol):
@@ -42,10 +48,13 @@ class FlowAgent:
         http: HttpTool,
         variables: dict[str, Any] | None = None,
         call: CallControl | None = None,
+        regex_timeout_s: float = REGEX_TIMEOUT_S,
     ) -> None:
         self.session = session
         self.call = call
-        self.runner = FlowRunner(flow, self, complete=complete, http=http, variables=variables)
+        self.runner = FlowRunner(
+            flow, self, complete=complete, http=http, variables=variables, regex_timeout_s=regex_timeout_s
+        )
         self._said: list[str] = []
         self._ending: str | None = None
         self._transfer_to: str | None = None
@@ -158,17 +167,54 @@ class FlowNotAvailable(Exception):
         self.message = message
 
 
+MAX_FLOW_VERSION = 2**31 - 1  # the store's version column is a 32-bit integer
+_FLOW_ID = re.compile(SLUG)
+
+
+def parse_flow_version(version: str | None) -> int | None:
+    """A client's ``flow_version`` (None or "" = the latest); FlowNotAvailable unless ASCII digits in range.
+
+    ``"²".isdigit()`` is True but ``int("²")`` raises, and a 20-digit number overflows the store's column:
+    both used to escape as exceptions and drop the socket or the call.
+    """
+    if not version:
+        return None
+    if not (
+        version.isascii()
+        and version.isdigit()
+        and len(version) <= 10
+        and 1 <= int(version) <= MAX_FLOW_VERSION
+    ):
+        raise FlowNotAvailable(
+            "invalid_flow_version", f"flow_version must be an integer from 1 to {MAX_FLOW_VERSION}"
+        )
+    return int(version)
+
+
 async def load_stored_flow(state: Any, flow_id: str, version: str | None = None) -> Flow:
-    """The stored flow (latest or a given version), validated against this server's secrets now."""
-    if version is not None and not version.isdigit():
-        raise FlowNotAvailable("invalid_flow", "flow_version must be a positive integer")
-    document = await state.store.get_flow(flow_id, int(version) if version else None)
+    """The stored flow (latest or a given version), validated against this server's secrets now.
+
+    Raises only :class:`FlowNotAvailable`, with a stable code the transports send as an ``error`` event.
+    Validation runs on the flow check threads, so starting a call never holds the event loop.
+    """
+    number = parse_flow_version(version)
+    if not _FLOW_ID.fullmatch(flow_id):  # ids are slugs: anything else cannot be stored
+        raise FlowNotAvailable("unknown_flow", f"no flow {flow_id[:100]!r}")
+    try:
+        document = await state.store.get_flow(flow_id, number)
+    except Exception as exc:  # the store is down or refused the query: the caller gets an error event
+        log.exception("loading flow %r version %s failed", flow_id, number)
+        raise FlowNotAvailable("flow_unavailable", "the flow could not be loaded; try again later") from exc
     if document is None:
         raise FlowNotAvailable(
-            "unknown_flow", f"no flow {flow_id!r}" + (f" version {version}" if version else "")
+            "unknown_flow", f"no flow {flow_id!r}" + (f" version {number}" if number else "")
         )
     try:
-        return load_flow(document, known_secrets=state.settings.flow_secrets.keys())
+        return await load_flow_off_loop(
+            document,
+            known_secrets=state.settings.flow_secrets.keys(),
+            timeout_s=state.settings.flow_check_timeout_s,
+        )
     except FlowValidationError as exc:
         raise FlowNotAvailable("invalid_flow", str(exc)) from exc
 
@@ -181,6 +227,7 @@ def attach_flow(session: Session, state: Any, flow: Flow, call: CallControl | No
         complete=engine_complete(state.runtime, state.settings.llm_schema_format),
         http=state.flow_http,
         call=call,
+        regex_timeout_s=state.settings.flow_regex_timeout_ms / 1000,
     )
     session.agent = agent
     session.flow_id, session.flow_version = flow.id, flow.version

@@ -1,8 +1,14 @@
-"""``/v1/flows``: create, read, update (new versions), delete, JSON Schema, and AI drafts."""
+"""``/v1/flows``: create, read, update (new versions), delete, JSON Schema, and AI drafts.
+
+Parsing and validating a flow document is CPU work that grows with the document, so it runs on the flow
+check threads (``flows.validate.run_check``) under the time limit ``flow_check_timeout_s``: no request
+holds the event loop while a flow is checked.
+"""
 
 from __future__ import annotations
 
-import json
+import math
+import re
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -11,56 +17,96 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from flows import FlowValidationError, draft_flow, flow_json_schema, load_flow
-from flows.schema import Flow
-from gateway.api_common import app_state, parse_body, require_store, unprocessable
+from flows.schema import SLUG, Flow
+from flows.validate import run_check
+from gateway.api_common import (
+    BadJson,
+    app_state,
+    parse_body,
+    parse_query_int,
+    require_store,
+    strict_json_loads,
+    unprocessable,
+)
 from gateway.flow_llm import background_complete
+
+MAX_VERSION = 2**31 - 1  # the store's version column is a 32-bit integer
+DEFAULT_DRAFT_TOKENS = 900
+_FLOW_ID = re.compile(SLUG)
 
 
 class DraftRequest(BaseModel):
-    """Body of ``POST /v1/flows/generate``."""
+    """Body of ``POST /v1/flows/generate``. ``max_tokens`` is capped by the setting ``flow_draft_max_tokens``."""
 
     description: str = Field(min_length=3, max_length=2000)
-    max_tokens: int = Field(900, ge=200, le=4000)
+    max_tokens: int | None = Field(None, ge=200, description="default 900, or the server's cap if lower")
 
     model_config = {"extra": "forbid"}
 
 
-def check_flow(state: Any, document: Any) -> Flow:
-    """Validate a flow document against this server's secrets; raises FlowValidationError."""
-    return load_flow(document, known_secrets=state.settings.flow_secrets.keys())
+def _issue(code: str, message: str, field: str = "") -> dict[str, Any]:
+    return {"node": None, "field": field, "code": code, "message": message}
 
 
-async def _json_body(request: Request) -> Any:
-    """The parsed body, or the 422 answer for a body that is not JSON."""
-    try:
-        return json.loads(await request.body())
-    except ValueError as exc:
-        message = f"not valid JSON: {exc}"
-        return unprocessable([{"node": None, "field": "", "code": "invalid_json", "message": message}])
+def _parse_and_check(body: bytes, secrets: tuple[str, ...]) -> tuple[dict[str, Any], Flow]:
+    """On a check thread: the body as strict JSON (no NaN, bounded nesting), then the flow validated."""
+    document = strict_json_loads(body)
+    return document, load_flow(document, known_secrets=secrets)
+
+
+async def _checked(request: Request) -> tuple[dict[str, Any], Flow]:
+    """The body's flow document and its model; raises BadJson or FlowValidationError."""
+    body = await request.body()
+    settings = app_state(request).settings
+    secrets = tuple(settings.flow_secrets.keys())
+    return await run_check(lambda: _parse_and_check(body, secrets), timeout_s=settings.flow_check_timeout_s)
+
+
+def _bad_json(exc: BadJson) -> JSONResponse:
+    return unprocessable([_issue("invalid_json", f"not valid JSON: {exc}")])
 
 
 async def _validated(request: Request) -> tuple[dict[str, Any], Flow] | JSONResponse:
-    document = await _json_body(request)
-    if isinstance(document, JSONResponse):
-        return document
     try:
-        flow = check_flow(app_state(request), document)
+        return await _checked(request)
+    except BadJson as exc:
+        return _bad_json(exc)
     except FlowValidationError as exc:
         return unprocessable(exc.to_dicts())
-    return document, flow
 
 
 async def validate_flow_document(request: Request) -> Response:
     """Dry run: the same checks as saving, nothing stored. 200 ``{"valid", "issues"}`` either way (a flow
-    with problems is an answer here, not an error); only a body that is not JSON is a 422."""
-    document = await _json_body(request)
-    if isinstance(document, JSONResponse):
-        return document
+    with problems is an answer here, not an error); a body that is not JSON, or a check that ran out of
+    time (no verdict on the flow), is a 422."""
     try:
-        check_flow(app_state(request), document)
+        await _checked(request)
+    except BadJson as exc:
+        return _bad_json(exc)
     except FlowValidationError as exc:
+        if any(i.code == "check_timeout" for i in exc.issues):
+            return unprocessable(exc.to_dicts())
         return JSONResponse({"valid": False, "issues": exc.to_dicts()})
     return JSONResponse({"valid": True, "issues": []})
+
+
+def _flow_id(request: Request) -> str:
+    """The path's flow id; 404 for one no flow can have (ids are slugs), before the store sees it."""
+    flow_id: str = request.path_params["flow_id"]
+    if not _FLOW_ID.fullmatch(flow_id):
+        raise HTTPException(404, "no such flow")
+    return flow_id
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and Infinity as null: flows stored before NaN was refused must still be readable."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
 
 
 async def flow_schema(request: Request) -> Response:
@@ -84,20 +130,22 @@ async def create_flow(request: Request) -> Response:
 
 
 async def get_flow(request: Request) -> Response:
-    flow_id = request.path_params["flow_id"]
-    version = request.query_params.get("version")
-    if version is not None and not version.isdigit():
-        return unprocessable(
-            [{"loc": ["version"], "msg": "version must be a positive integer", "type": "int_parsing"}]
-        )
-    document = await require_store(request).get_flow(flow_id, int(version) if version else None)
+    raw_version = request.query_params.get("version")
+    version = (
+        None if not raw_version else parse_query_int(raw_version, "version", default=1, lo=1, hi=MAX_VERSION)
+    )
+    flow_id = _flow_id(request)
+    document = await require_store(request).get_flow(flow_id, version)
     if document is None:
         raise HTTPException(404, "no such flow" if version is None else "no such flow version")
-    return JSONResponse(document)
+    try:
+        return JSONResponse(document)
+    except ValueError:  # NaN or Infinity, stored before documents were parsed strictly
+        return JSONResponse(_json_safe(document))
 
 
 async def flow_versions(request: Request) -> Response:
-    flow_id = request.path_params["flow_id"]
+    flow_id = _flow_id(request)
     versions = await require_store(request).flow_versions(flow_id)
     if not versions:
         raise HTTPException(404, "no such flow")
@@ -111,22 +159,13 @@ async def update_flow(request: Request) -> Response:
         return checked
     document, flow = checked
     if flow.id != flow_id:
-        return unprocessable(
-            [
-                {
-                    "node": None,
-                    "field": "id",
-                    "code": "id_mismatch",
-                    "message": f"body id {flow.id!r} is not {flow_id!r}",
-                }
-            ]
-        )
+        return unprocessable([_issue("id_mismatch", f"body id {flow.id!r} is not {flow_id[:100]!r}", "id")])
     version = await require_store(request).save_flow(flow.id, flow.name, document)
     return JSONResponse({"id": flow.id, "version": version})
 
 
 async def delete_flow(request: Request) -> Response:
-    if not await require_store(request).delete_flow(request.path_params["flow_id"]):
+    if not await require_store(request).delete_flow(_flow_id(request)):
         raise HTTPException(404, "no such flow")
     return Response(status_code=204)
 
@@ -140,12 +179,17 @@ async def generate_flow(request: Request) -> Response:
     if isinstance(body, JSONResponse):
         return body
     state = app_state(request)
+    limit = state.settings.flow_draft_max_tokens
+    if body.max_tokens is not None and body.max_tokens > limit:
+        # One long draft holds the shared LLM for everyone else (issue 9, finding 12).
+        message = f"max_tokens may be at most {limit} on this server (setting flow_draft_max_tokens)"
+        return unprocessable([{"loc": ["body", "max_tokens"], "msg": message, "type": "less_than_equal"}])
     if state.runtime is None:
         raise HTTPException(503, "models are still loading")
     result = await draft_flow(
         body.description,
         background_complete(state.runtime, state.settings.llm_schema_format),
-        max_tokens=body.max_tokens,
+        max_tokens=body.max_tokens or min(DEFAULT_DRAFT_TOKENS, limit),
     )
     return JSONResponse(
         {

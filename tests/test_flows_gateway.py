@@ -122,6 +122,20 @@ async def test_unknown_flow_is_refused_with_a_code(server) -> None:
     assert closed.value.rcvd.code == 1008
 
 
+@pytest.mark.parametrize(
+    ("version", "code"),
+    [("²", "invalid_flow"), ("99999999999999999999", "invalid_flow"), ("999999999", "unknown_flow")],
+)
+async def test_bad_flow_versions_get_an_error_event(server, version: str, code: str) -> None:  # type: ignore[no-untyped-def]
+    """``flow_version=²`` closed the socket with 1006 and no event (issue 9, finding 9)."""
+    async with websockets.connect(f"{server.url}?flow=phone-menu&flow_version={version}") as ws:
+        event = json.loads(await ws.recv())
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+    assert event["type"] == "error" and event["code"] == code, event
+    assert closed.value.rcvd.code == 1008
+
+
 async def _asked(client: VoiceClient, count: int, timeout: float = 30) -> None:
     """Wait until the flow has entered its ``count``-th question (a collect node)."""
     loop = asyncio.get_running_loop()
