@@ -124,7 +124,8 @@ def load_flow(
 
 
 # Validation is CPU work of up to a few hundred milliseconds for a large flow: it runs on these threads,
-# never on the event loop. Two threads: a flood of checks queues here instead of taking every core.
+# never on the event loop. Only two: a flood of checks waits in this queue (and times out there) instead of
+# starting a thread each and starving the loop of the GIL.
 _CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flow-check")
 
 
