@@ -330,11 +330,11 @@ class FlowRunner:
     async def _collect_answer(self, node: CollectNode, text: str) -> None:
         choices = [(c.value, c.synonyms) for c in node.choice_list()]
         now = self.now()
-        value = self._extract(node, text, now, choices)
+        value = await self._extract(node, text, now, choices)
         if value is None and node.llm_fallback and self._complete is not None and node.kind != "text":
             normalized = await self._llm_normalize(node, text, now)
             if normalized:
-                value = self._extract(node, normalized, now, choices)
+                value = await self._extract(node, normalized, now, choices)
         if value is None:
             self._retries += 1
             if self._retries > node.max_retries:
@@ -345,10 +345,13 @@ class FlowRunner:
         await self._set(node.variable, value)
         await self._goto(node.next)
 
-    def _extract(
+    async def _extract(
         self, node: CollectNode, text: str, now: datetime, choices: list[tuple[str, list[str]]]
     ) -> Any:
-        return extract(
+        # Off the loop: a caller's answer against a large choice list (or a pattern near its time limit)
+        # costs tens of milliseconds that no other caller should wait for.
+        return await asyncio.to_thread(
+            extract,
             node.kind,
             text,
             now=now,

@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from gateway.api_common import BadJson, strict_json_loads
 from gateway.settings import VadSettings
 from pipeline.codec import SAMPLE_RATES
 from pipeline.session import SessionError
+from pipeline.strict_json import BadJson, strict_json_loads
 
 MAX_TEXT_CHARS = 4000
 # Error messages quote at most this much of what they refuse: an echo must never cost more than the mistake

@@ -18,7 +18,7 @@ import json
 from types import MappingProxyType
 from typing import Any
 
-from gateway.api_common import BadJson, strict_json_loads
+from pipeline.strict_json import BadJson, strict_json_loads
 from telephony.provider import (
     BAD_PAYLOAD,
     FRAME_MS,
