@@ -46,7 +46,7 @@ import tempfile
 import time
 import urllib.request
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ def serve(args: argparse.Namespace) -> int:
     from starlette.routing import Route
 
     from bench.standins import FixedSTT, ScriptLLM, ToneTTS
+    from engines.base import Needs
     from engines.registry import build
     from gateway.app import create_app
     from gateway.engines import engine_choices
@@ -111,14 +112,15 @@ def serve(args: argparse.Namespace) -> int:
     )
     configure_logging(settings.log_level)
     vad = CountingVAD(build(engine_choices(settings)["vad"]))  # Silero, exactly as the service builds it
+    llm = ScriptLLM(args.sentences)
+    # The scripted LLM stands in for a remote server: four answers at once, nothing taken from this CPU.
+    llm.capabilities = replace(llm.capabilities, needs=Needs(remote=True, concurrency=4, cpu_heavy=False))
     runtime = Runtime(
         vad=vad,
         stt=FixedSTT(),
-        llm=ScriptLLM(args.sentences),
+        llm=llm,
         tts=ToneTTS(clause_s=args.clause_s),
         queue_size=settings.engine_queue_size,
-        llm_concurrency=4,
-        llm_shares_cpu=False,
     )
     app = create_app(settings, runtime)
 

@@ -15,6 +15,22 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class Needs:
+    """What an engine needs from the runtime that runs it; ``pipeline.runtime`` sizes its worker from this.
+
+    The defaults describe a model computing in this process on the shared CPU, one job at a time.
+    """
+
+    remote: bool = False  # the work happens on another machine (a server), not in this process
+    concurrency: int = 1  # jobs it serves at once without slowing each other (a remote server batches)
+    # Competes with the other engines for this machine's cores: on a small CPU the streaming LLM then pauses
+    # between tokens while speech work runs (``PriorityGate``); a remote engine costs this machine nothing.
+    cpu_heavy: bool = True
+    # A second in-process instance for background LLM work (flow drafts) is cheap: weights shared or small.
+    cheap_second_instance: bool = False
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What an engine can do; the pipeline adapts to it instead of checking engine types."""
 
@@ -24,6 +40,7 @@ class Capabilities:
     detects_language: bool = False
     continues_assistant_prefix: bool = False
     device: str = "cpu"
+    needs: Needs = field(default_factory=Needs)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

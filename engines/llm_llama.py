@@ -17,7 +17,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp import llama_chat_format, llama_grammar
 
-from engines.base import Capabilities, GenerationOptions
+from engines.base import Capabilities, GenerationOptions, Needs
 from engines.llm_openai import LLMError
 
 # Appended to the partial assistant text before rendering the chat template, then cut off with everything
@@ -82,6 +82,8 @@ class LlamaCppLLM:
             streaming=True,
             continues_assistant_prefix=self._prefix_formatter is not None,
             device="cpu",
+            # One generation at a time; the weights are memory-mapped, so a second instance shares them.
+            needs=Needs(concurrency=1, cpu_heavy=True, cheap_second_instance=True),
             extra={"model_path": model_path, "chat_format": self._llama.chat_format, "n_ctx": n_ctx},
         )
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from engines.base import Capabilities, GenerationOptions
+from engines.base import Capabilities, GenerationOptions, Needs
 
 # Server error bodies can be whole HTML pages; keep messages readable.
 _MAX_ERROR_TEXT = 500
@@ -71,6 +71,8 @@ class OpenAICompatibleLLM:
             streaming=True,
             continues_assistant_prefix=continues_assistant_prefix,
             device="remote",
+            # The server schedules and batches requests itself, on its own hardware.
+            needs=Needs(remote=True, concurrency=8, cpu_heavy=False),
             extra={"base_url": root, "model": model},
         )
 

@@ -18,7 +18,7 @@ from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens
 
-from engines.base import Capabilities, Transcript
+from engines.base import Capabilities, Needs, Transcript
 from engines.models import DEFAULT_CACHE_DIR, resolve_whisper_model
 
 __all__ = ["WhisperSTT", "clean_transcript"]
@@ -84,6 +84,9 @@ class WhisperSTT:
             languages=languages,
             detects_language=self.multilingual,
             device=device,
+            # One decode at a time (CTranslate2 spreads one over ``cpu_threads``); counted as CPU work even
+            # on a GPU, as before, so the LLM still pauses while a turn is transcribed.
+            needs=Needs(concurrency=1, cpu_heavy=True),
             extra={"model": model, "path": self.model_path, "compute_type": compute_type},
         )
         # (tokenizer, prompt, suppressed tokens) per language; building them costs more than a short decode step.

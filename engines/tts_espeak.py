@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from engines.base import Capabilities, Voice
+from engines.base import Capabilities, Needs, Voice
 from engines.tts_piper import UnknownVoice
 
 __all__ = ["EspeakTTS", "parse_wav"]
@@ -78,6 +78,7 @@ class EspeakTTS:
             streaming=True,
             languages=tuple(sorted({v.split("-")[0] for v in self._voices})),
             device="cpu",
+            needs=Needs(concurrency=1, cpu_heavy=True),  # the espeak-ng process runs on this machine's cores
             extra={"engine": "espeak-ng"},
         )
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import Capabilities, Voice
+from engines.base import Capabilities, Needs, Voice
 
 __all__ = ["PIPER_LICENCE", "PiperTTS", "UnknownVoice", "discover_piper_voices"]
 
@@ -128,6 +128,7 @@ class PiperTTS:
             streaming=True,
             languages=tuple(sorted({f.language for f in self._files.values()})),
             device="cuda" if use_cuda else "cpu",
+            needs=Needs(concurrency=1, cpu_heavy=True),  # its first audio is what a caller waits for
             extra={"engine": "piper", "default_voice": default_voice},
         )
 

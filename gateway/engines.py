@@ -61,11 +61,10 @@ def build_runtime(settings: Settings, warm: bool = True) -> Runtime:
         llm=engines["llm"],
         tts=engines["tts"],
         queue_size=settings.engine_queue_size,
-        llm_concurrency=8 if settings.llm_engine == "openai" else 1,
-        llm_shares_cpu=settings.llm_engine == "llama",
-        # Flow drafts get their own in-process instance (weights are memory-mapped, so shared), loaded on
-        # the first draft: they then never hold the callers' LLM for the seconds a draft takes.
-        background_llm_factory=(lambda: build(choices["llm"])) if settings.llm_engine == "llama" else None,
+        # Workers are sized from what each engine declares (``Capabilities.needs``). The runtime builds a
+        # second LLM for flow drafts, on the first draft, only if the engine says a second one is cheap:
+        # drafts then never hold the callers' LLM for the seconds they take.
+        background_llm_factory=lambda: build(choices["llm"]),
     )
     if warm:
         warm_up(runtime, settings.instructions)

@@ -5,19 +5,32 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from engines.base import LLMEngine, STTEngine, TTSEngine, VADEngine
+from engines.base import LLMEngine, Needs, STTEngine, TTSEngine, VADEngine
 from pipeline.metrics import Metrics
 from pipeline.workers import EngineWorker, PriorityGate, VadBatcher
+
+
+def needs_of(engine: Any) -> Needs:
+    """What an engine declares it needs (``Capabilities.needs``); the defaults for one that declares nothing."""
+    needs = getattr(getattr(engine, "capabilities", None), "needs", None)
+    return needs if isinstance(needs, Needs) else Needs()
 
 
 @dataclass
 class Runtime:
     """Loaded engines plus the bounded workers that run them off the event loop.
 
+    Each worker is sized from what its engine declares (``engines.base.Needs``), never from its name: as many
+    threads as the engine serves jobs at once, and a CPU priority gate when the LLM competes for this
+    machine's cores. Then CPU-heavy STT and TTS jobs hold the gate and the LLM pauses between tokens while
+    they run (see ``PriorityGate``).
+
     Background LLM work (flow drafts) runs in its own lane so that it never queues in front of a caller's
-    turn: with an in-process LLM the lane has its own engine instance (``background_llm_factory``) on its
-    own thread, which pauses between tokens while any caller's STT, LLM or TTS work runs.
+    turn: when a second in-process instance is cheap, the lane has its own (``background_llm_factory``) on
+    its own thread, which pauses between tokens while any caller's STT, LLM or TTS work runs. Otherwise
+    (a remote server schedules concurrent requests itself) background work shares the LLM worker.
     """
 
     vad: VADEngine
@@ -25,27 +38,29 @@ class Runtime:
     llm: LLMEngine
     tts: TTSEngine
     queue_size: int = 64
-    llm_concurrency: int = 1
-    llm_shares_cpu: bool = True  # in-process LLM: pause its tokens while STT/TTS work (see PriorityGate)
     background_llm_factory: Callable[[], LLMEngine] | None = None
     metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self.vad_batcher = VadBatcher(self.vad)
-        gate = PriorityGate() if self.llm_shares_cpu else None
-        self.stt_worker = EngineWorker("stt", 1, self.queue_size, holds=gate)
-        # An in-process llama.cpp model runs one generation at a time; a remote server batches many.
-        self._llm_gate = PriorityGate() if self.llm_shares_cpu else None
+        llm = needs_of(self.llm)
+        # Only the LLM can make way (it runs far ahead of speech); a remote one takes nothing from this CPU.
+        gate = PriorityGate() if llm.cpu_heavy else None
+        self.stt_worker = self._worker("stt", self.stt, gate)
+        self._llm_gate = PriorityGate() if llm.cpu_heavy else None
         self.llm_worker = EngineWorker(
-            "llm", self.llm_concurrency, self.queue_size, holds=self._llm_gate, yields_to=gate
+            "llm", llm.concurrency, self.queue_size, holds=self._llm_gate, yields_to=gate
         )
-        self.tts_worker = EngineWorker("tts", 1, self.queue_size, holds=gate)
+        self.tts_worker = self._worker("tts", self.tts, gate)
         self._background: tuple[EngineWorker, LLMEngine] | None = None
         self._background_loading = asyncio.Lock()
-        if self.background_llm_factory is None or not self.llm_shares_cpu:
-            # A remote server schedules concurrent requests itself: background work shares the worker.
+        if self.background_llm_factory is None or not llm.cheap_second_instance:
             self._background = (self.llm_worker, self.llm)
         self._gates = tuple(g for g in (gate, self._llm_gate) if g is not None)
+
+    def _worker(self, name: str, engine: Any, gate: PriorityGate | None) -> EngineWorker:
+        needs = needs_of(engine)
+        return EngineWorker(name, needs.concurrency, self.queue_size, holds=gate if needs.cpu_heavy else None)
 
     async def background_llm(self) -> tuple[EngineWorker, LLMEngine]:
         """The worker and engine for background LLM work, loading the lane's engine on first use."""
