@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from engines.base import GenerationOptions
 from pipeline.audio import pcm16_to_float, resample
 from pipeline.codec import InputBacklog, InputDecoder, WireEncoder
+from pipeline.conversation import Conversation, TurnRecord
 from pipeline.frames import EndOfResponse, Frame, TTSAudio
 from pipeline.outbox import Outbox
 from pipeline.pacer import OutputPacer
@@ -26,69 +27,13 @@ from pipeline.processor import Chain
 from pipeline.recording import SessionRecording
 from pipeline.response import ClauseAggregator, Response, TextNormalizer, TTSStage, llm_source, new_id
 from pipeline.runtime import Runtime
+from pipeline.session_config import SessionConfig as SessionConfig
+from pipeline.session_config import SessionError as SessionError
+from pipeline.session_config import VadConfig as VadConfig
 from pipeline.text import only_fillers
 from pipeline.turns import CHUNK_MS, TurnDetector, TurnEvent
 
 log = logging.getLogger("voxgate.session")
-
-
-class SessionError(Exception):
-    """A client mistake with a stable ``code``; the session goes on."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass
-class VadConfig:
-    threshold: float = 0.5
-    end_of_turn_ms: int = 300
-    min_interrupt_ms: int = 250
-    min_speech_ms: int = 90
-
-
-@dataclass
-class SessionConfig:
-    """Per-session settings, from the service settings and what the client asked for."""
-
-    input_rate: int = 16000
-    input_encoding: str = "pcm_s16le"
-    output_rate: int = 16000
-    output_encoding: str = "pcm_s16le"
-    instructions: str = "You are a helpful voice assistant. Answer briefly."
-    voice: str | None = None
-    language: str | None = None
-    vad: VadConfig = field(default_factory=VadConfig)
-    lead_ms: int = 200
-    max_input_backlog_s: float = 30.0
-    idle_timeout_s: float = 300.0
-    max_tokens: int = 60
-    temperature: float = 0.0
-    partial_interval_ms: int = 1000
-    eager_first_words: int | None = 4
-    speculative_response: bool = True
-    history_messages: int = 16  # past user/assistant messages the LLM sees
-    transport: str = "websocket"
-    recording_dir: str | None = None  # when set, caller and agent audio go to <dir>/<session id>/*.wav
-    max_outbox_bytes: int = 4 << 20  # what a slow client may be owed before the session waits for it
-
-
-@dataclass
-class TurnRecord:
-    """One exchange as stored and shown by ``GET /v1/sessions/{id}``."""
-
-    turn_id: str
-    source: str
-    user_text: str
-    started_at: float = field(default_factory=time.time)
-    response_id: str | None = None
-    response_text: str = ""
-    heard_text: str = ""
-    interrupted: bool = False
-    resumed: bool = False
-    timings: dict[str, float | None] = field(default_factory=dict)
 
 
 class TurnAgent(Protocol):
@@ -169,7 +114,7 @@ class Session:
         )
         self.outbox = Outbox(max_bytes=config.max_outbox_bytes)
         self.pacer = OutputPacer(self.outbox, config.lead_ms, on_release=self._on_release)
-        self.history: list[dict[str, Any]] = [{"role": "system", "content": config.instructions}]
+        self.conversation = Conversation(config)
         self.turns: list[TurnRecord] = []
         self.dtmf_digits: list[str] = []
         self._run: _Run | None = None  # the answer the caller hears (or is about to)
@@ -347,7 +292,7 @@ class Session:
         self.last_activity = time.monotonic()
         if instructions is not None:
             self.config.instructions = instructions
-            self.history[0] = {"role": "system", "content": instructions}
+            self.conversation.set_instructions(instructions)
         if voice is not None:
             self.config.voice = voice
         if output_rate is not None:
@@ -445,7 +390,7 @@ class Session:
         if speculate and self._run is None and not only_fillers(text):
             turn = TurnRecord(new_id("turn"), "voice", text)
             turn.timings["stt_ms"] = self._stt_ms
-            messages = [*self._context(), {"role": "user", "content": text}]
+            messages = [*self.conversation.context(), {"role": "user", "content": text}]
             await self._start_response(turn, messages, speech_end=speech_end, held=True)
         return text
 
@@ -504,6 +449,11 @@ class Session:
         await self.emit("transcript.final", turn_id=turn.turn_id, text=text, source="voice")
         await self._begin_turn(turn, speech_end=self._t_speech_end)
 
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The full chat history, instructions first (the LLM sees a window of it)."""
+        return self.conversation.history
+
     # -- responses ------------------------------------------------------------------------------------------
 
     @property
@@ -518,8 +468,8 @@ class Session:
             self.agent.caller_active()
             self._give_agent_turn(turn)
             return
-        self.history.append({"role": "user", "content": turn.user_text})
-        await self._start_response(turn, self._context(), speech_end=speech_end)
+        self.conversation.add_user(turn.user_text)
+        await self._start_response(turn, self.conversation.context(), speech_end=speech_end)
 
     async def speak(self, turn: TurnRecord, text: str) -> Response:
         """Say ``text`` as the agent's answer to ``turn`` (no LLM): streamed, paced and interruptible like
@@ -643,7 +593,7 @@ class Session:
         await self._cancel_run(self._run)
         self.turns.append(run.turn)
         self._record(run.turn)
-        self.history.append({"role": "user", "content": run.turn.user_text})
+        self.conversation.add_user(run.turn.user_text)
         self._run = run
         run.turn.response_id = run.response.id
         await self.emit("response.started", **self._started_fields(run))
@@ -679,8 +629,7 @@ class Session:
         text = response.full_text()
         run.turn.response_text = text
         if text:
-            response.history_entry = {"role": "assistant", "content": text}
-            self.history.append(response.history_entry)
+            self.conversation.add_answer(response, text)
         self._record(run.turn)
         await self.emit("response.text.done", response_id=response.id, text=text)
 
@@ -794,7 +743,7 @@ class Session:
         run.turn.heard_text, run.turn.interrupted = heard, True
         run.turn.response_text = response.full_text()
         self._record(run.turn)
-        self._record_heard(response, heard)
+        self.conversation.record_heard(response, heard)
         self.rt.metrics.interruptions.labels(reason).inc()
         await self.emit(
             "response.interrupted",
@@ -805,46 +754,6 @@ class Session:
         )
         unfinished = bool(response.unheard_text(played)) or not response.llm_done
         self._resume_candidate = (response, played) if resumable and unfinished else None
-
-    def _record_heard(self, response: Response, heard: str) -> None:
-        entry = response.history_entry
-        if entry is not None and self._in_history(entry):
-            if heard:
-                entry["content"] = heard
-            else:
-                self._drop_from_history(entry)
-        elif heard:
-            entry = {"role": "assistant", "content": heard}
-            self.history.append(entry)
-            response.history_entry = entry
-
-    def _context(self) -> list[dict[str, Any]]:
-        """What the LLM sees: the instructions and at most ``history_messages`` recent messages.
-
-        A small model's context window (2048 tokens for the embedded one) would otherwise fill up in a long
-        call; the full history stays in ``self.history`` and the session record. The window slides in steps
-        of half its size, not a message at a time: llama.cpp reuses its KV cache only for an unchanged
-        prompt prefix, and re-reading the whole context on every turn cost ~0.9 s of first-token time on
-        2 cores (bench/latency.py, turns past the window). Stepping keeps the prefix for several turns.
-        """
-        system, rest = self.history[0], self.history[1:]
-        keep = self.config.history_messages
-        if keep <= 0:
-            window: list[dict[str, Any]] = []
-        elif len(rest) <= keep:
-            window = rest
-        else:
-            step = max(1, keep // 2)
-            window = rest[((len(rest) - keep) // step + 1) * step :]
-        while window and window[0]["role"] == "assistant":
-            window = window[1:]  # chat templates expect the conversation to open with the user
-        return [system, *window]
-
-    def _in_history(self, entry: dict[str, Any]) -> bool:
-        return any(message is entry for message in self.history)
-
-    def _drop_from_history(self, entry: dict[str, Any]) -> None:
-        self.history = [message for message in self.history if message is not entry]
 
     async def _resume_after_false_interruption(self) -> None:
         """The interruption had no words (a cough, a noise): say the cut clause again and go on."""
@@ -858,8 +767,8 @@ class Session:
         turn = run.turn
         turn.resumed = True
         if response.history_entry is not None:
-            self._drop_from_history(response.history_entry)
-        messages = self._context()
+            self.conversation.drop(response.history_entry)
+        messages = self.conversation.context()
         if not response.llm_done:
             messages.append({"role": "assistant", "content": response.generated, "prefix": True})
         self.rt.metrics.interruptions.labels("false").inc()

@@ -1,0 +1,48 @@
+"""A session's settings (from the service settings and what the client asked for) and its client error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class SessionError(Exception):
+    """A client mistake with a stable ``code``; the session goes on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class VadConfig:
+    threshold: float = 0.5
+    end_of_turn_ms: int = 300
+    min_interrupt_ms: int = 250
+    min_speech_ms: int = 90
+
+
+@dataclass
+class SessionConfig:
+    """Per-session settings, from the service settings and what the client asked for."""
+
+    input_rate: int = 16000
+    input_encoding: str = "pcm_s16le"
+    output_rate: int = 16000
+    output_encoding: str = "pcm_s16le"
+    instructions: str = "You are a helpful voice assistant. Answer briefly."
+    voice: str | None = None
+    language: str | None = None
+    vad: VadConfig = field(default_factory=VadConfig)
+    lead_ms: int = 200
+    max_input_backlog_s: float = 30.0
+    idle_timeout_s: float = 300.0
+    max_tokens: int = 60
+    temperature: float = 0.0
+    partial_interval_ms: int = 1000
+    eager_first_words: int | None = 4
+    speculative_response: bool = True
+    history_messages: int = 16  # past user/assistant messages the LLM sees
+    transport: str = "websocket"
+    recording_dir: str | None = None  # when set, caller and agent audio go to <dir>/<session id>/*.wav
+    max_outbox_bytes: int = 4 << 20  # what a slow client may be owed before the session waits for it
