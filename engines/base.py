@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,40 @@ class Capabilities:
     device: str = "cpu"
     needs: Needs = field(default_factory=Needs)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What the service knows that an engine may need to be built (not user options)."""
+
+    cache_dir: str
+
+
+class EngineOptions(BaseModel):
+    """Base of an engine's own options model.
+
+    Option ``x`` of an engine for role ``r`` is the setting ``r_x`` (``VOXGATE_R_X``, a top-level TOML key) or,
+    spelled nested, ``r_options.x`` (``VOXGATE_R_OPTIONS__X``, a ``[r_options]`` TOML table). ``flat_names``
+    gives an option another flat name, for names that predate this scheme.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    flat_names: ClassVar[dict[str, str]] = {}
+
+    def engine_kwargs(self, context: BuildContext) -> dict[str, Any]:
+        """Keyword arguments for the engine's constructor; by default the options as they are."""
+        return self.model_dump()
+
+    def weights(self, context: BuildContext) -> dict[str, str]:
+        """What ``voxgate models`` says about the engine: ``model`` and, for local weights, ``path``.
+
+        May raise (missing weights): the command reports the error for this engine and goes on.
+        """
+        return {}
+
+    def default_voice(self) -> str | None:
+        """The voice sessions start with (TTS engines); None leaves it to the engine."""
+        return None
 
 
 @dataclass(frozen=True)

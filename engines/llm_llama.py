@@ -19,6 +19,7 @@ from llama_cpp import llama_chat_format, llama_grammar
 
 from engines.base import Capabilities, GenerationOptions, Needs
 from engines.llm_openai import LLMError
+from engines.models import smollm2_gguf_path
 
 # Appended to the partial assistant text before rendering the chat template, then cut off with everything
 # after it: whatever end-of-turn markup a template adds, the prompt then ends exactly at the partial text.
@@ -57,13 +58,14 @@ class LlamaCppLLM:
 
     def __init__(
         self,
-        model_path: str,
+        model_path: str | None = None,
         n_ctx: int = 2048,
         n_threads: int = 2,
         n_batch: int = 256,
         seed: int = 0,
         chat_format: str | None = None,
     ) -> None:
+        model_path = model_path or smollm2_gguf_path()  # the shipped SmolLM2-135M-Instruct
         self.model_path = model_path
         self._llama = llama_cpp.Llama(
             model_path=model_path,

@@ -21,7 +21,10 @@ T = TypeVar("T")
 
 
 def _settings_epilog() -> str:
-    lines = ["settings (environment variables; a TOML file can be named with VOXGATE_CONFIG):"]
+    lines = [
+        "settings (environment variables; a TOML file can be named with VOXGATE_CONFIG; an engine's options",
+        "may also be nested: VOXGATE_<ROLE>_OPTIONS__<OPTION> for VOXGATE_<ROLE>_<OPTION>):",
+    ]
     for env, default, description in describe_settings():
         lines.append(f"  {env:34} default {default}" + (f"\n  {'':34} {description}" if description else ""))
     return "\n".join(lines)
@@ -82,7 +85,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         audio = load_audio(str(path))
     except Exception as exc:
         return _fail(f"cannot decode {path}: {exc}")
-    stt = _load_with_progress("loading Whisper", lambda: build(engine_choices(settings)["stt"]))
+    stt = _load_with_progress(
+        f"loading {settings.stt_engine}", lambda: build(engine_choices(settings)["stt"])
+    )
     start = time.perf_counter()
     transcript = stt.transcribe(audio, args.language)
     elapsed = time.perf_counter() - start
@@ -102,7 +107,7 @@ def cmd_say(args: argparse.Namespace) -> int:
 
     settings = Settings()
     tts = _load_with_progress("loading voice", lambda: build(engine_choices(settings)["tts"]))
-    voice = args.voice or (settings.tts_voice if settings.tts_engine == "piper" else None)
+    voice = args.voice or settings.default_voice
     try:
         pcm = b"".join(chunk.tobytes() for chunk in tts.synthesize(normalize_for_speech(args.text), voice))
     except KeyError as exc:

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from engines.base import GenerationOptions
-from engines.registry import EngineChoice, build
+from engines.base import BuildContext, GenerationOptions
+from engines.registry import ROLES, EngineChoice, build
 from gateway.settings import Settings
 from pipeline.runtime import Runtime
 
@@ -17,36 +17,12 @@ log = logging.getLogger("voxgate.engines")
 
 def engine_choices(settings: Settings) -> dict[str, EngineChoice]:
     """What to load for each role, from settings alone (no imports of heavy libraries here)."""
-    cache = str(settings.cache_dir)
-    if settings.llm_engine == "openai":
-        llm_opts: dict[str, object] = {
-            "base_url": settings.llm_base_url,
-            "model": settings.llm_model,
-            "api_key": settings.llm_api_key,
-        }
-    else:
-        llm_opts = {"model_path": settings.llm_model_path, "n_threads": settings.llm_threads}
-    tts_opts: dict[str, object] = {}
-    if settings.tts_engine == "piper":
-        tts_opts = {"default_voice": settings.tts_voice, "intra_op_threads": settings.tts_threads}
-        if settings.voices_dir:
-            tts_opts["voices_dir"] = str(settings.voices_dir)
+    context = BuildContext(cache_dir=str(settings.cache_dir))
     return {
-        "vad": EngineChoice("vad", settings.vad_engine, {}),
-        "stt": EngineChoice(
-            "stt",
-            settings.stt_engine,
-            {
-                "model": settings.stt_model,
-                "device": settings.stt_device,
-                "compute_type": settings.stt_compute_type,
-                "cpu_threads": settings.stt_threads,
-                "min_window_s": settings.stt_min_window_s or None,
-                "cache_dir": cache,
-            },
-        ),
-        "llm": EngineChoice("llm", settings.llm_engine, llm_opts),
-        "tts": EngineChoice("tts", settings.tts_engine, tts_opts),
+        role: EngineChoice(
+            role, settings.engine_name(role), settings.engine_options(role).engine_kwargs(context)
+        )
+        for role in ROLES
     }
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -14,6 +14,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from engines.base import EngineOptions
+from engines.registry import REGISTRY, ROLES, flat_option_names, lookup, resolve_options
 from pipeline.session import SessionConfig, VadConfig
 
 # How a JSON schema constraint is spelled for an LLM server (see gateway.flow_llm.schema_constraint).
@@ -175,22 +177,14 @@ class Settings(BaseSettings):
     )
     vad: VadSettings = VadSettings()
 
-    # engines
-    vad_engine: Literal["silero"] = "silero"
-    stt_engine: Literal["whisper"] = "whisper"
-    stt_model: str = Field("tiny.en", description="tiny.en, base, or a path to a CTranslate2 Whisper model")
-    stt_device: str = "cpu"
-    stt_compute_type: str = "int8"
-    stt_threads: int = 2
-    stt_min_window_s: float = Field(
-        15.0, ge=0, le=30, description="shortest Whisper encoder window for short turns (0 = always 30 s)"
-    )
-    llm_engine: Literal["llama", "openai"] = "llama"
-    llm_model_path: str | None = Field(None, description="GGUF for the embedded engine; default SmolLM2-135M")
-    llm_threads: int = 2
-    llm_base_url: str = Field("http://127.0.0.1:8001/v1", description="OpenAI-compatible server (vLLM etc.)")
-    llm_model: str = "default"
-    llm_api_key: str | None = None
+    # engines: each role names a registered engine (engines/registry.py); the engine's own options model says
+    # which <role>_<option> settings it takes (VOXGATE_STT_MODEL, or nested: VOXGATE_STT_OPTIONS__MODEL)
+    vad_engine: str = Field("silero", description="VAD engine")
+    vad_options: dict[str, Any] = Field(default_factory=dict)
+    stt_engine: str = Field("whisper", description="speech-to-text engine")
+    stt_options: dict[str, Any] = Field(default_factory=dict)
+    llm_engine: str = Field("llama", description="LLM engine")
+    llm_options: dict[str, Any] = Field(default_factory=dict)
     llm_max_tokens: int = 60
     llm_history_messages: int = Field(
         16, ge=0, description="past user/assistant messages the LLM sees (the context window is finite)"
@@ -201,18 +195,41 @@ class Settings(BaseSettings):
         description="how flows send a JSON schema to an OpenAI-compatible server: json_schema (OpenAI, vLLM, "
         "llama.cpp llama-server), json_object (llama-cpp-python's server), guided_json (vLLM)",
     )
-    tts_engine: Literal["piper", "espeak"] = "piper"
-    tts_voice: str = "en_US-joe-medium"
-    tts_threads: int = Field(2, ge=1, description="Piper's ONNX threads (the LLM pauses while TTS runs)")
+    tts_engine: str = Field("piper", description="text-to-speech engine")
+    tts_options: dict[str, Any] = Field(default_factory=dict)
     first_clause_words: int = Field(
         4,
         ge=0,
         description="speak the first clause after this many words even without punctuation (0 = wait)",
     )
-    voices_dir: Path | None = None
     engine_queue_size: int = Field(
         64, ge=1, description="pending inference jobs per engine before callers wait"
     )
+
+    @field_validator("vad_engine", "stt_engine", "llm_engine", "tts_engine")
+    @classmethod
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        lookup(str(info.field_name).removesuffix("_engine"), name)  # a clear error naming the known ones
+        return name
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        # Checked here, not in a validator: pydantic would quote every setting in the error, secrets too.
+        for role in ROLES:
+            self.engine_options(role)
+
+    def engine_name(self, role: str) -> str:
+        """The engine selected for ``role`` (vad, stt, llm or tts)."""
+        return str(getattr(self, f"{role}_engine"))
+
+    def engine_options(self, role: str) -> EngineOptions:
+        """The selected engine's options, validated by its own model (defaults filled in)."""
+        return resolve_options(role, self.engine_name(role), getattr(self, f"{role}_options"))
+
+    @property
+    def default_voice(self) -> str | None:
+        """The voice sessions start with; None leaves it to the TTS engine."""
+        return self.engine_options("tts").default_voice()
 
     @classmethod
     def settings_customise_sources(
@@ -224,12 +241,19 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Precedence: explicit arguments > environment > TOML file named by VOXGATE_CONFIG.
+        # Engine options may come under their flat names (VOXGATE_STT_MODEL, stt_model = ...): each source's
+        # are moved into <role>_options before the sources are merged, so precedence holds for them too.
         toml_file = os.environ.get("VOXGATE_CONFIG")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [
+            _FlatEngineOptions(settings_cls, init_settings),
+            env_settings,
+            _FlatEngineOptions(settings_cls, None),
+        ]
         if toml_file:
             if not Path(toml_file).is_file():
                 raise FileNotFoundError(f"VOXGATE_CONFIG names no such file: {toml_file}")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
+            sources.append(_FlatEngineOptions(settings_cls, toml))
         return tuple(sources)
 
     @property
@@ -242,6 +266,38 @@ class Settings(BaseSettings):
 
     def storage_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'voxgate.db'}"
+
+
+class _FlatEngineOptions(PydanticBaseSettingsSource):
+    """Engine options under their flat names, moved into ``<role>_options``.
+
+    Wraps the values of another source (init arguments, the TOML file) or, with none, reads the environment:
+    ``VOXGATE_<FLAT NAME>`` for every option of every registered engine (case-insensitive, as settings are).
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource | None) -> None:
+        super().__init__(settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ produces the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        flat = {name: target for name, target in flat_option_names().items() if name not in fields}
+        if self._inner is not None:
+            values = dict(self._inner())
+        else:
+            environ = {key.lower(): value for key, value in os.environ.items()}
+            values = {name: environ[f"voxgate_{name}"] for name in flat if f"voxgate_{name}" in environ}
+        for key in [key for key in values if key in flat]:
+            role, option = flat[key]
+            nested = values.get(f"{role}_options")
+            values[f"{role}_options"] = {
+                **(nested if isinstance(nested, dict) else {}),
+                option: values.pop(key),
+            }
+        return values
 
 
 def describe_settings() -> list[tuple[str, str, str]]:
@@ -259,9 +315,32 @@ def describe_settings() -> list[tuple[str, str, str]]:
                     )
                 )
             continue
+        if name.endswith("_options") and name.removesuffix("_options") in ROLES:
+            rows.extend(_engine_option_rows(name.removesuffix("_options"), set(Settings.model_fields)))
+            continue
         default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
-        rows.append((f"VOXGATE_{name.upper()}", repr(default), field.description or ""))
+        description = field.description or ""
+        if name.endswith("_engine") and name.removesuffix("_engine") in ROLES:
+            description += ": " + ", ".join(REGISTRY[name.removesuffix("_engine")])
+        rows.append((f"VOXGATE_{name.upper()}", repr(default), description))
     return rows
+
+
+def _engine_option_rows(role: str, reserved: set[str]) -> list[tuple[str, str, str]]:
+    """One row per flat option name of the role's engines, saying which engines take it."""
+    rows: dict[str, tuple[str, list[str], str]] = {}
+    for engine, spec in REGISTRY[role].items():
+        for option, field in spec.options.model_fields.items():
+            flat = spec.flat_name(option)
+            if flat in reserved:
+                continue  # never reached from a flat name: the nested spelling still works
+            default, engines, description = rows.setdefault(flat, (repr(field.default), [], ""))
+            engines.append(engine)
+            rows[flat] = (default, engines, description or field.description or "")
+    return [
+        (f"VOXGATE_{flat.upper()}", default, f"({', '.join(engines)}) {description}".rstrip())
+        for flat, (default, engines, description) in rows.items()
+    ]
 
 
 def session_config(
@@ -280,7 +359,7 @@ def session_config(
         output_rate=output_rate,
         output_encoding=encoding,
         instructions=s.instructions,
-        voice=s.tts_voice if s.tts_engine == "piper" else None,
+        voice=s.default_voice,
         vad=VadConfig(**s.vad.model_dump()),
         lead_ms=s.lead_ms,
         max_input_backlog_s=s.max_input_backlog_s,

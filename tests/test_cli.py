@@ -328,7 +328,9 @@ def test_toml_config_is_honoured(clean_env: pytest.MonkeyPatch, tmp_path: Path) 
     clean_env.setenv("VOXGATE_CONFIG", str(config))
     settings = Settings()
     assert settings.max_sessions == 3
-    assert settings.llm_model == "from-toml"
+    # A flat engine option goes to its role; the selected engine's options model reads it when it takes it.
+    assert settings.llm_options == {"model": "from-toml"}
+    assert Settings(llm_engine="openai").engine_options("llm").model == "from-toml"  # type: ignore[attr-defined]
     assert settings.vad.end_of_turn_ms == 500
     # What the file does not name keeps its default, nested fields included.
     assert settings.vad.threshold == defaults.vad.threshold
@@ -383,6 +385,20 @@ def test_invalid_toml_value_stops_serve_with_a_message(data_dir: Path, tmp_path:
     result = voxgate(data_dir, "serve", VOXGATE_CONFIG=str(config), VOXGATE_PORT=str(free_port()))
     _assert_user_error(result, one_line=False)
     assert "end_of_turn_ms" in result.stderr, _show(result)
+
+
+def test_unknown_engine_stops_serve_and_models_with_a_message(data_dir: Path) -> None:
+    for command in ("serve", "models"):
+        result = voxgate(data_dir, command, VOXGATE_TTS_ENGINE="nope", VOXGATE_PORT=str(free_port()))
+        _assert_user_error(result, one_line=False)
+        assert "unknown tts engine 'nope' (known: piper, espeak)" in result.stderr, _show(result)
+        assert "Uvicorn running" not in result.stderr
+
+
+def test_bad_engine_option_stops_serve_with_a_message(data_dir: Path) -> None:
+    result = voxgate(data_dir, "serve", VOXGATE_STT_THREADS="many", VOXGATE_PORT=str(free_port()))
+    _assert_user_error(result, one_line=False)
+    assert "stt_threads" in result.stderr and "many" in result.stderr, _show(result)
 
 
 def test_malformed_toml_stops_serve_with_a_message(data_dir: Path, tmp_path: Path) -> None:

@@ -5,12 +5,29 @@ No model is loaded here: the engines are small stand-ins that declare what the r
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+from pydantic import Field, ValidationError
 
-from engines.base import Capabilities, GenerationOptions, Needs, Transcript, Voice
+from engines.base import (
+    BuildContext,
+    Capabilities,
+    EngineOptions,
+    GenerationOptions,
+    Needs,
+    Transcript,
+    Voice,
+)
+from engines.registry import REGISTRY, EngineChoice, EngineSpec, build, flat_option_names
+from gateway.engines import build_runtime, engine_choices
+from gateway.modelinfo import describe_models
+from gateway.settings import Settings, describe_settings, session_config
 from pipeline.runtime import Runtime
 
 
@@ -139,3 +156,216 @@ async def test_without_a_cheap_second_instance_background_work_shares_the_worker
         assert made == []
     finally:
         await rt.close()
+
+
+# --- the registry and the settings ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for key in list(os.environ):
+        if key.startswith("VOXGATE_"):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+# Every flat engine setting documented in docs/configuration.md before engines had options models, with a value
+# to set it to, the role and option it reaches, and that option's value once validated.
+FLAT_SETTINGS = [
+    ("VOXGATE_STT_MODEL", "base", "stt", "model", "base"),
+    ("VOXGATE_STT_DEVICE", "cuda", "stt", "device", "cuda"),
+    ("VOXGATE_STT_COMPUTE_TYPE", "float16", "stt", "compute_type", "float16"),
+    ("VOXGATE_STT_THREADS", "3", "stt", "threads", 3),
+    ("VOXGATE_STT_MIN_WINDOW_S", "0", "stt", "min_window_s", 0.0),
+    ("VOXGATE_LLM_MODEL_PATH", "/m.gguf", "llm", "model_path", "/m.gguf"),
+    ("VOXGATE_LLM_THREADS", "4", "llm", "threads", 4),
+    ("VOXGATE_TTS_VOICE", "en_GB-alan-medium", "tts", "voice", "en_GB-alan-medium"),
+    ("VOXGATE_TTS_THREADS", "1", "tts", "threads", 1),
+    ("VOXGATE_VOICES_DIR", "/voices", "tts", "voices_dir", Path("/voices")),
+]
+OPENAI_FLAT_SETTINGS = [
+    ("VOXGATE_LLM_BASE_URL", "http://gpu:8001/v1", "llm", "base_url", "http://gpu:8001/v1"),
+    ("VOXGATE_LLM_MODEL", "qwen", "llm", "model", "qwen"),
+    ("VOXGATE_LLM_API_KEY", "sk-test", "llm", "api_key", "sk-test"),
+]
+
+
+@pytest.mark.parametrize(("env", "raw", "role", "option", "value"), FLAT_SETTINGS + OPENAI_FLAT_SETTINGS)
+def test_flat_engine_env_vars_keep_working(
+    clean_env: pytest.MonkeyPatch, env: str, raw: str, role: str, option: str, value: Any
+) -> None:
+    clean_env.setenv(env, raw)
+    if (env, raw, role, option, value) in OPENAI_FLAT_SETTINGS:
+        clean_env.setenv("VOXGATE_LLM_ENGINE", "openai")
+    settings = Settings()
+    assert getattr(settings.engine_options(role), option) == value
+    # The same option, spelled nested, and as a constructor argument under its flat name.
+    clean_env.delenv(env)
+    clean_env.setenv(f"VOXGATE_{role.upper()}_OPTIONS__{option.upper()}", raw)
+    assert getattr(Settings().engine_options(role), option) == value
+    flat = env.removeprefix("VOXGATE_").lower()
+    assert getattr(Settings(**{flat: raw}).engine_options(role), option) == value
+
+
+def test_engine_option_flat_names_are_the_documented_ones_and_clash_with_no_setting() -> None:
+    documented = {env.removeprefix("VOXGATE_").lower() for env, *_ in FLAT_SETTINGS + OPENAI_FLAT_SETTINGS}
+    assert set(flat_option_names()) == documented
+    assert not documented & set(Settings.model_fields)
+
+
+def test_the_default_engines_get_the_same_arguments_as_before(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    choices = engine_choices(settings)
+    assert {role: c.name for role, c in choices.items()} == {
+        "vad": "silero",
+        "stt": "whisper",
+        "llm": "llama",
+        "tts": "piper",
+    }
+    assert choices["vad"].options == {}
+    assert choices["stt"].options == {
+        "model": "tiny.en",
+        "device": "cpu",
+        "compute_type": "int8",
+        "cpu_threads": 2,
+        "min_window_s": 15.0,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    assert choices["llm"].options == {"model_path": None, "n_threads": 2}
+    assert choices["tts"].options == {
+        "default_voice": "en_US-joe-medium",
+        "intra_op_threads": 2,
+        "voices_dir": None,
+    }
+    assert session_config(settings).voice == "en_US-joe-medium"
+    assert engine_choices(Settings(stt_min_window_s=0))["stt"].options["min_window_s"] is None  # 30 s
+
+
+def test_other_engines_get_their_own_options(clean_env: pytest.MonkeyPatch) -> None:
+    settings = Settings(
+        llm_engine="openai",
+        llm_base_url="http://gpu/v1",
+        llm_model_path="/ignored.gguf",  # llama's: ignored while openai is selected, as it always was
+        tts_engine="espeak",
+        tts_voice="ignored",
+    )
+    choices = engine_choices(settings)
+    assert choices["llm"].options == {"base_url": "http://gpu/v1", "model": "default", "api_key": None}
+    assert choices["tts"].options == {}
+    assert session_config(settings).voice is None  # espeak starts with its own voice
+
+
+def test_precedence_holds_for_engine_options(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "voxgate.toml"
+    config.write_text(
+        'stt_model = "from-toml"\nstt_threads = 3\n[tts_options]\nthreads = 1\nvoice = "toml"\n'
+    )
+    clean_env.setenv("VOXGATE_CONFIG", str(config))
+    assert Settings().engine_options("stt").model == "from-toml"  # type: ignore[attr-defined]
+    clean_env.setenv("VOXGATE_STT_MODEL", "from-env")
+    clean_env.setenv("VOXGATE_TTS_VOICE", "env")
+    settings = Settings()
+    stt, tts = settings.engine_options("stt"), settings.engine_options("tts")
+    assert (stt.model, stt.threads) == ("from-env", 3)  # type: ignore[attr-defined]
+    assert (tts.voice, tts.threads) == ("env", 1)  # type: ignore[attr-defined]
+    assert Settings(stt_model="from-init").engine_options("stt").model == "from-init"  # type: ignore[attr-defined]
+
+
+def test_an_unknown_engine_is_a_clear_error(clean_env: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match=r"unknown tts engine 'nope' \(known: piper, espeak\)"):
+        Settings(tts_engine="nope")
+    clean_env.setenv("VOXGATE_STT_ENGINE", "nope")
+    with pytest.raises(
+        ValidationError, match=r"stt_engine.*\n.*unknown stt engine 'nope' \(known: whisper\)"
+    ):
+        Settings()
+    with pytest.raises(ValueError, match="unknown llm engine 'x'"):
+        build(EngineChoice("llm", "x", {}))
+
+
+def test_a_bad_option_names_the_setting_and_quotes_no_other_value(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("VOXGATE_LLM_ENGINE", "openai")
+    clean_env.setenv("VOXGATE_LLM_API_KEY", "sk-secret")
+    clean_env.setenv("VOXGATE_STT_THREADS", "abc")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert "stt_threads" in str(caught.value) and "'abc'" in str(caught.value)
+    assert "sk-secret" not in str(caught.value)
+    clean_env.delenv("VOXGATE_STT_THREADS")
+    with pytest.raises(ValueError, match=r"unknown stt option modle \(whisper takes: model, device"):
+        Settings(stt_options={"modle": "base"})
+    with pytest.raises(ValidationError, match="tts_threads"):
+        Settings(tts_threads=0)  # ge=1, as before
+
+
+# --- a new engine: one class, its options model, one registry line ---------------------------------------------
+
+
+class ToneOptions(EngineOptions):
+    """The worked example's options: ``VOXGATE_TTS_PITCH_HZ`` (or ``tts_options.pitch_hz``)."""
+
+    pitch_hz: float = Field(220.0, gt=0, description="the tone's pitch")
+
+    def weights(self, context: BuildContext) -> dict[str, str]:
+        return {"model": f"a {self.pitch_hz:g} Hz tone"}
+
+
+class ToneTTS:
+    """A TTS engine that answers every sentence with a tone, computed by a server elsewhere."""
+
+    sample_rate = 16000
+
+    def __init__(self, pitch_hz: float = 220.0) -> None:
+        self.pitch_hz = pitch_hz
+        # What it needs from the runtime: three requests at once, none of this machine's CPU.
+        self.capabilities = Capabilities(
+            streaming=True, device="remote", needs=Needs(remote=True, concurrency=3, cpu_heavy=False)
+        )
+
+    def voices(self) -> list[Voice]:
+        return [Voice("tone", "tone", "en", self.sample_rate)]
+
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]:
+        t = np.arange(self.sample_rate // 10) / self.sample_rate
+        yield (np.sin(2 * np.pi * self.pitch_hz * t) * 8000).astype(np.int16)
+
+
+@pytest.fixture
+def tone_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The registry line, as it would read in engines/registry.py:
+    monkeypatch.setitem(
+        REGISTRY["tts"], "tone", EngineSpec("tts", "tone", f"{__name__}:ToneTTS", ToneOptions)
+    )
+    # Stand-ins for the other roles, so that building the runtime loads no model.
+    for role, cls in (("vad", "StandinVAD"), ("stt", "StandinSTT"), ("llm", "StandinLLM")):
+        monkeypatch.setitem(REGISTRY[role], "standin", EngineSpec(role, "standin", f"{__name__}:{cls}"))
+
+
+async def test_a_new_engine_is_selected_configured_and_sized_from_its_declarations(
+    clean_env: pytest.MonkeyPatch, tone_registered: None, tmp_path: Path
+) -> None:
+    for role in ("vad", "stt", "llm"):
+        clean_env.setenv(f"VOXGATE_{role.upper()}_ENGINE", "standin")
+    clean_env.setenv("VOXGATE_TTS_ENGINE", "tone")
+    clean_env.setenv("VOXGATE_TTS_PITCH_HZ", "440")  # its option, under a flat name nobody had to write down
+    settings = Settings(data_dir=tmp_path)
+    assert engine_choices(settings)["tts"] == EngineChoice("tts", "tone", {"pitch_hz": 440.0})
+    assert ("VOXGATE_TTS_PITCH_HZ", "220.0", "(tone) the tone's pitch") in describe_settings()
+    assert describe_models(settings, engine_choices(settings))["engines"]["tts"] == {
+        "engine": "tone",
+        "model": "a 440 Hz tone",
+    }
+    rt = await asyncio.to_thread(build_runtime, settings)  # warm-up included
+    try:
+        assert isinstance(rt.tts, ToneTTS) and rt.tts.pitch_hz == 440.0
+        assert _threads(rt.tts_worker) == 3 and rt.tts_worker._holds is None
+        # The stand-in LLM declares nothing: in-process and CPU-heavy, so the gate exists and STT holds it.
+        assert rt.stt_worker._holds is not None and rt.llm_worker._yields_to == (rt.stt_worker._holds,)
+        chunks = [c async for c in rt.tts_worker.stream(lambda: rt.tts.synthesize("Hi."))]
+        assert len(chunks) == 1 and chunks[0].dtype == np.int16
+    finally:
+        await rt.close()
+    with pytest.raises(ValidationError, match="tts_pitch_hz"):
+        Settings(tts_engine="tone", tts_pitch_hz=-1)
