@@ -28,14 +28,13 @@ from gateway.records import StoreRecorder
 from gateway.sessions import SessionManager
 from gateway.sessions_api import delete_session, get_session, list_sessions
 from gateway.settings import Settings
-from gateway.twilio_control import TwilioSetup
-from gateway.twilio_media import twilio_media_endpoint
-from gateway.twilio_webhooks import call_status, incoming_call
 from gateway.webrtc import restrict_ice_host_addresses, webrtc_offer
 from gateway.ws_voice import voice_endpoint
 from pipeline.metrics import LoopLagMonitor
 from pipeline.runtime import Runtime
 from storage.store import Store
+from telephony import registry as telephony
+from telephony.twilio.control import TwilioSetup
 
 log = logging.getLogger("voxgate.app")
 STATIC = Path(__file__).parent / "static"
@@ -215,7 +214,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             await state.lag.stop()
             if state.runtime is not None and runtime is None:
                 await state.runtime.close()
-            gc.unfreeze()  # let interpreter shutdown release what start-up froze (native modules check)
+            if state.ready.is_set():  # this app froze the heap at start-up
+                _HEAP.release()
 
     routes = [
         Route("/", index),
@@ -238,16 +238,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         Route("/v1/flows/{flow_id}", flows_api.delete_flow, methods=["DELETE"]),
         Route("/v1/flows/{flow_id}/versions", flows_api.flow_versions),
         WebSocketRoute("/v1/voice", voice_endpoint),
-        Route("/v1/calls", calls_api.list_calls),
-        Route("/v1/calls", calls_api.place_call, methods=["POST"]),
-        Route("/v1/calls/{sid}", calls_api.get_call),
-        Route("/v1/calls/{sid}/recording", calls_api.get_recording),
+        *calls_api.routes,
         Route("/v1/webrtc/offer", webrtc_offer, methods=["POST"]),
         Route("/flows", flows_page),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
-        Route("/twilio/voice", incoming_call, methods=["POST"]),
-        Route("/twilio/status", call_status, methods=["POST"]),
-        WebSocketRoute("/twilio/media", twilio_media_endpoint),
+        *telephony.routes(),
     ]
     app = Starlette(
         routes=routes,
@@ -275,9 +270,31 @@ def _ready(state: AppState) -> None:
     # Everything loaded so far (modules, engines, ~190k objects) lives as long as the process. Frozen, it is
     # no longer scanned by the collector: a full collection otherwise stalls the event loop for ~100 ms,
     # which every call hears as a gap (bench/telephony.py caught it as 120-180 ms jitter spikes).
-    gc.collect()
-    gc.freeze()
+    _HEAP.freeze()
     state.ready.set()
+
+
+class _FrozenHeap:
+    """``gc.freeze()`` is process-wide: several apps in one process (tests, embedding) share it, so it is
+    released (for a clean interpreter shutdown: native modules check) only when the last app that froze
+    it stops; one app stopping must not put the others' start-up heap back under collection."""
+
+    def __init__(self) -> None:
+        self.holders = 0
+
+    def freeze(self) -> None:
+        gc.collect()
+        gc.freeze()
+        self.holders += 1
+
+    def release(self) -> None:
+        if self.holders:
+            self.holders -= 1
+            if self.holders == 0:
+                gc.unfreeze()
+
+
+_HEAP = _FrozenHeap()
 
 
 async def _retention_loop(state: AppState) -> None:
