@@ -1,8 +1,8 @@
-"""``/v1/calls``: place outbound calls through Twilio, list calls, read one with its transcript and recording."""
+"""``/v1/calls``: place outbound calls through the outbound provider, list calls, read one with its transcript
+and recording. Provider-neutral: the provider comes from `telephony.registry`."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -11,12 +11,12 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from gateway.api_common import app_state, parse_body, parse_query_int, require_store, unprocessable
 from gateway.protocol import clip, quote
-from telephony import twiml
-from telephony.signatures import public_ws_url
-from telephony.twilio_rest import TwilioApiError
+from telephony.call_provider import OutboundCall, OutboundRefused
+from telephony.registry import outbound_provider
 
 PHONE = r"^(\+[1-9][0-9]{6,15}|sips?:.+|client:.+)$"
 
@@ -25,9 +25,9 @@ class CallRequest(BaseModel):
     """Body of ``POST /v1/calls``."""
 
     to: str = Field(pattern=PHONE, description="E.164 number or SIP URI to call")
-    from_: str = Field(alias="from", pattern=PHONE, description="your Twilio number (caller id)")
+    from_: str = Field(alias="from", pattern=PHONE, description="your provider number (caller id)")
     flow: str = Field(min_length=1, max_length=128, description="the stored flow that runs the call")
-    machine_detection: bool = Field(False, description="run Twilio's answering-machine detection")
+    machine_detection: bool = Field(False, description="run the provider's answering-machine detection")
     voicemail_message: str | None = Field(
         None, max_length=1000, description="said to an answering machine (else the call hangs up)"
     )
@@ -41,37 +41,30 @@ async def place_call(request: Request) -> Response:
     if isinstance(body, JSONResponse):
         return body
     state = app_state(request)
-    settings = state.settings
-    calls = state.twilio.calls
-    if calls is None or not settings.public_url:
-        raise HTTPException(
-            400,
-            "outbound calls need VOXGATE_TWILIO_ACCOUNT_SID, VOXGATE_TWILIO_AUTH_TOKEN and VOXGATE_PUBLIC_URL",
-        )
+    provider = outbound_provider()
+    unavailable = provider.outbound_unavailable(state)
+    if unavailable is not None:
+        raise HTTPException(400, unavailable)
     store = require_store(request)
     if await store.get_flow(body.flow) is None:
         return unprocessable(
             [{"loc": ["flow"], "msg": f"no stored flow {quote(body.flow)}", "type": "value_error"}]
         )
-    parameters = {"flow": body.flow, "from": body.from_, "to": body.to, "direction": "outbound"}
-    stream = twiml.connect_stream(public_ws_url(settings.public_url, "/twilio/media"), parameters)
-    status_url = settings.public_url.rstrip("/") + "/twilio/status"
+    call = OutboundCall(
+        to=body.to,
+        from_=body.from_,
+        flow=body.flow,
+        machine_detection=body.machine_detection,
+        time_limit_s=body.time_limit_s,
+    )
     try:
-        sid = await asyncio.to_thread(
-            calls.place_call,
-            body.to,
-            body.from_,
-            stream,
-            status_url,
-            body.machine_detection,
-            time_limit_s=body.time_limit_s,
-        )
-    except TwilioApiError as exc:
-        raise HTTPException(502, f"Twilio refused the call: {clip(str(exc), 200)}") from exc
-    state.twilio.owned.add(sid)  # placed here: its media stream may hang it up (see OwnedCalls)
+        sid = await provider.place_call(state, call)
+    except OutboundRefused as exc:
+        raise HTTPException(502, f"{provider.title} refused the call: {clip(str(exc), 200)}") from exc
     await store.merge_call(
         sid,
         {"direction": "outbound", "from_number": body.from_, "to_number": body.to, "status": "queued"},
+        provider=provider.name,
         extra={"flow": body.flow, "voicemail_message": body.voicemail_message},
         now=time.time(),
     )
@@ -132,3 +125,11 @@ def _public(call: dict[str, Any]) -> dict[str, Any]:
         "ended_at": call["ended_at"],
         "statuses": (call.get("extra") or {}).get("statuses", []),
     }
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/calls", list_calls),
+    Route("/v1/calls", place_call, methods=["POST"]),
+    Route("/v1/calls/{sid}", get_call),
+    Route("/v1/calls/{sid}/recording", get_recording),
+]

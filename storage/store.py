@@ -236,32 +236,44 @@ class Store:
     # -- calls ----------------------------------------------------------------------------------------------
 
     async def record_call_status(
-        self, call_sid: str, status: str, fields: dict[str, str], now: float
+        self,
+        call_sid: str,
+        status: str,
+        *,
+        provider: str,
+        details: dict[str, str],
+        defaults: dict[str, Any],
+        now: float,
     ) -> None:
-        """A provider's status callback: the call's status now, and its history in ``extra.statuses``."""
-        keep = ("AnsweredBy", "CallDuration")
-        entry = {"status": status, "at": now, **{k: fields[k] for k in keep if k in fields}}
+        """A provider's status callback: the call's status now, and its history in ``extra.statuses``.
+
+        ``details`` (Twilio: ``AnsweredBy``, ``CallDuration``) are kept with the status entry; ``defaults``
+        (direction, numbers) fill a call not seen before.
+        """
+        entry = {"status": status, "at": now, **details}
         values: dict[str, Any] = {}
         if status:
             values["status"] = status
         if status in FINAL_CALL_STATUSES:
             values["ended_at"] = now
-        direction = "outbound" if fields.get("Direction", "").startswith("outbound") else "inbound"
-        defaults = {"direction": direction, "from_number": fields.get("From"), "to_number": fields.get("To")}
-        await self.merge_call(call_sid, values, append={"statuses": entry}, defaults=defaults, now=now)
+        await self.merge_call(
+            call_sid, values, provider=provider, append={"statuses": entry}, defaults=defaults, now=now
+        )
 
     async def merge_call(
         self,
         call_sid: str,
         values: dict[str, Any],
         *,
+        provider: str,
         extra: dict[str, Any] | None = None,
         append: dict[str, Any] | None = None,
         defaults: dict[str, Any] | None = None,
         now: float,
     ) -> None:
         """Update a call's columns and merge into its ``extra`` (``append``: add to a list there); a call not
-        seen before is created. Status callbacks, the media stream and the API all write calls this way."""
+        seen before is created, carried by ``provider`` (the provider's name, as registered). Status callbacks,
+        the media stream and the API all write calls this way."""
         async with self.engine.begin() as conn:
             row = (await conn.execute(select(calls).where(calls.c.id == call_sid))).first()
             merged = dict(row.extra or {}) if row is not None else {}
@@ -269,7 +281,7 @@ class Store:
             for key, item in (append or {}).items():
                 merged[key] = [*merged.get(key, []), item]
             if row is None:
-                base = {"provider": "twilio", "direction": "inbound", "created_at": now, **(defaults or {})}
+                base = {"provider": provider, "direction": "inbound", "created_at": now, **(defaults or {})}
                 await conn.execute(calls.insert().values(id=call_sid, **{**base, **values, "extra": merged}))
             else:
                 await conn.execute(

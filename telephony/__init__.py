@@ -1,6 +1,6 @@
-"""Telephony providers: provider-neutral media-stream events and state, and Twilio's pieces.
+"""Telephony: provider-neutral media-stream events and state, and one package per provider.
 
 See docs/telephony.md. Modules: provider (events, errors, the MediaStreamProvider protocol), stream_state
-(per-call checks, timestamp-gap filling), marks (played/outstanding audio from mark echoes), twilio_stream
-(Twilio Media Streams), twiml, signatures, twilio_rest (Calls API; blocking).
+(per-call checks, timestamp-gap filling), marks (played/outstanding audio from mark echoes); twilio/ (Twilio's
+Media Streams, TwiML, signatures, the Calls REST API).
 """

@@ -339,7 +339,7 @@ def test_voice_socket_answers_every_bad_frame_with_an_error_event(
 )
 def test_twilio_media_parser_raises_only_protocol_errors(text: str) -> None:
     from telephony.provider import ProtocolError
-    from telephony.twilio_stream import TwilioMediaStream
+    from telephony.twilio.stream import TwilioMediaStream
 
     try:
         TwilioMediaStream().parse(text)

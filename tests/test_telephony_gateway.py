@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import websockets
 
-from gateway.twilio_control import TwilioSetup
 from pipeline.audio import mulaw_decode, mulaw_encode, pcm16_to_float, resample
+from telephony.twilio.control import TwilioSetup
 from tests.speech import clip_pcm, energy_dbfs, piper_pcm, wer
 from tests.test_telephony_rest import ACCOUNT, FakeTwilio
 from tests.twilio_sim import TwilioSim, twilio_signature

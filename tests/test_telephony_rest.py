@@ -11,8 +11,8 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from telephony import twiml
-from telephony.twilio_rest import TwilioApiError, TwilioCalls
+from telephony.twilio import twiml
+from telephony.twilio.rest import TwilioApiError, TwilioCalls
 
 ACCOUNT = "AC0123456789abcdef0123456789abcdef"
 TOKEN = "secret-auth-token-0123456789abcd"

@@ -7,7 +7,7 @@ import logging
 import pytest
 from twilio.request_validator import RequestValidator
 
-from telephony.signatures import TwilioSignatureChecker, public_ws_url
+from telephony.twilio.signatures import TwilioSignatureChecker, public_ws_url
 
 TOKEN = "12345678901234567890123456789012"
 PUBLIC = "https://voice.example.com"

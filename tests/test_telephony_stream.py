@@ -19,7 +19,7 @@ from telephony.provider import (
     StreamStopped,
 )
 from telephony.stream_state import StreamState
-from telephony.twilio_stream import TWILIO, TwilioMediaStream, TwilioStreamState
+from telephony.twilio.stream import TWILIO, TwilioMediaStream, TwilioStreamState
 
 SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
 CALL = "CA9f6d1c1f1b1a4b6c8d0e2f3a4b5c6d7e"

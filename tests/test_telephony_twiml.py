@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from telephony import twiml
+from telephony.twilio import twiml
 
 DECL = '<?xml version="1.0" encoding="UTF-8"?>'
 

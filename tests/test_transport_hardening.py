@@ -15,11 +15,11 @@ import websockets
 
 from gateway.client import VoiceClient
 from gateway.protocol import QUOTE_CHARS, parse_client_event
-from gateway.twilio_control import OwnedCalls, TwilioCallControl, TwilioSetup
 from gateway.webrtc import restrict_ice_host_addresses
 from pipeline.session import SessionError
 from telephony.provider import INVALID_JSON, ProtocolError
-from telephony.twilio_stream import TWILIO
+from telephony.twilio.control import OwnedCalls, TwilioCallControl, TwilioSetup
+from telephony.twilio.stream import TWILIO
 from tests.test_telephony_rest import ACCOUNT, FakeTwilio
 from tests.twilio_sim import TwilioSim, twilio_signature
 from tests.webrtc_client import WebRtcCaller

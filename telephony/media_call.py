@@ -1,10 +1,10 @@
-"""``WS /twilio/media``: a phone call over Twilio Media Streams, as a session.
+"""A phone call over a provider's media-stream WebSocket, as a session; provider-neutral.
 
-The transport adapter for Twilio: JSON text frames in (``connected``, ``start``, ``media``, ``dtmf``,
-``mark``, ``stop``), ``media`` / ``mark`` / ``clear`` out. The session is created at ``start`` (the stream's
-ids and custom parameters arrive there) with mu-law 8 kHz both ways, so agent audio leaves as 160-byte
-(20 ms) frames. A ``mark`` follows every group of frames; Twilio echoes it once played, and that is what the
-session is told the caller heard. A barge-in sends ``clear`` and forgets the pending marks.
+The provider (a `TelephonyProvider`) parses its text frames into neutral events (connected, start, media,
+DTMF, mark echo, stop) and builds the outbound media / mark / clear frames. The session is created at start
+(the stream's ids and custom parameters arrive there) with mu-law 8 kHz both ways, so agent audio leaves as
+160-byte (20 ms) frames. A mark follows every group of frames; the provider echoes it once played, and that
+is what the session is told the caller heard. A barge-in sends clear and forgets the pending marks.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from gateway.call_records import save_call_recording
 from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.protocol import flow_request
 from gateway.settings import session_config
-from gateway.twilio_control import TwilioCallControl, twilio_gate
 from pipeline.outbox import OutAudio
 from pipeline.session import Session, SessionError
+from telephony.call_provider import TelephonyProvider
 from telephony.marks import MarkTracker
 from telephony.provider import DtmfDigit, MarkEchoed, MediaChunk, ProtocolError, StreamStarted, StreamStopped
-from telephony.twilio_stream import TwilioStreamState
+from telephony.stream_state import StreamState
 
-log = logging.getLogger("voxgate.twilio")
+log = logging.getLogger("voxgate.telephony")
 
 MARK_EVERY_MS = 100  # one mark per 100 ms of audio: "heard" is known to within 100 ms
 MARK_WAIT_S = 1.0  # a provider that stops echoing marks must not stall the call
@@ -44,17 +44,19 @@ _CLOSE_CODES = {
 }
 
 
-class TwilioCall:
-    """One Twilio media WebSocket: parses, checks and feeds the session; paces and marks what goes out.
+class MediaStreamCall:
+    """One provider media WebSocket: parses, checks and feeds the session; paces and marks what goes out.
 
     The socket arrives holding a place in ``state.sessions`` (a reservation): a stream that has not sent
-    ``start`` yet still counts toward ``max_sessions``, and must send it within ``twilio_start_timeout_s``.
+    its start yet still counts toward ``max_sessions``, and must send it within the provider's start timeout.
     """
 
-    def __init__(self, ws: WebSocket, state: Any) -> None:
+    def __init__(self, ws: WebSocket, state: Any, provider: TelephonyProvider) -> None:
         self.ws = ws
         self.state = state
-        self.stream = TwilioStreamState()
+        self.provider = provider
+        self.name = provider.name  # labels metrics and logs, names the session's transport
+        self.stream = StreamState(provider.stream)
         self.marks = MarkTracker()
         self.session: Session | None = None
         self.stream_sid: str | None = None
@@ -76,7 +78,7 @@ class TwilioCall:
         try:
             reason = await self._read()
         except Exception:
-            log.exception("twilio stream %.40s: the read loop failed", self.stream_sid)
+            log.exception("%s stream %.40s: the read loop failed", self.name, self.stream_sid)
             reason = "internal_error"
         finally:
             self._release_reservation()
@@ -101,18 +103,18 @@ class TwilioCall:
                 await asyncio.wait_for(asyncio.shield(self._writer), timeout=2.0)
             self._writer.cancel()
         self.state.sessions.remove(self.session)
-        self.state.runtime.metrics.active_sessions.labels("twilio").dec()
+        self.state.runtime.metrics.active_sessions.labels(self.name).dec()
 
     # -- inbound ----------------------------------------------------------------------------------------------
 
     async def _read(self) -> str:
-        timeout_s = self.state.settings.twilio_start_timeout_s
+        timeout_s = self.provider.start_timeout_s(self.state.settings)
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             try:
                 message = await self._receive(None if self.session is not None else deadline)
             except TimeoutError:
-                log.warning("twilio media socket sent no start within %.1f s; closing it", timeout_s)
+                log.warning("%s media socket sent no start within %.1f s; closing it", self.name, timeout_s)
                 return "start_timeout"
             except (WebSocketDisconnect, RuntimeError):
                 return "stream_lost"
@@ -120,7 +122,7 @@ class TwilioCall:
                 return "stream_lost"
             text = message.get("text")
             if text is None:
-                self._bad("binary_frame", "Twilio media streams send JSON text frames only")
+                self._bad("binary_frame", f"{self.provider.title} media streams send text frames only")
                 continue
             try:
                 event = self.stream.receive(text)
@@ -134,7 +136,7 @@ class TwilioCall:
             except Exception:
                 # One frame we failed on must not drop the call: logged and counted, the call goes on.
                 log.exception(
-                    "twilio stream %.40s: handling %s failed", self.stream_sid, type(event).__name__
+                    "%s stream %.40s: handling %s failed", self.name, self.stream_sid, type(event).__name__
                 )
                 self._bad("internal_error", "a frame could not be handled")
                 continue
@@ -165,15 +167,15 @@ class TwilioCall:
         return None
 
     def _bad(self, code: str, message: str) -> None:
-        # Logged and counted; the call goes on (Twilio cannot read an error event anyway).
-        log.warning("twilio stream %.40s: %s: %s", self.stream_sid, code, message)
+        # Logged and counted; the call goes on (providers cannot read an error event anyway).
+        log.warning("%s stream %.40s: %s: %s", self.name, self.stream_sid, code, message)
         if self.state.runtime is not None:
-            self.state.runtime.metrics.errors.labels(f"twilio_{code}").inc()
+            self.state.runtime.metrics.errors.labels(f"{self.name}_{code}").inc()
 
     async def _start(self, start: StreamStarted) -> bool:
         """Set up the call's session; False (logged) when the call cannot be served."""
         if not self.state.ready.is_set():
-            log.warning("twilio stream %.40s refused: the gateway is not ready", start.stream_id)
+            log.warning("%s stream %.40s refused: the gateway is not ready", self.name, start.stream_id)
             return False
         try:
             await self._open_session(start)
@@ -188,25 +190,25 @@ class TwilioCall:
         params = dict(start.custom_parameters)
         flow = await self._load_flow(start.call_id, params)
         config = session_config(
-            state.settings, input_rate=8000, output_rate=8000, encoding="mulaw", transport="twilio"
+            state.settings, input_rate=8000, output_rate=8000, encoding="mulaw", transport=self.name
         )
         config.recording_dir = str(state.settings.recordings_dir)  # every call is recorded (see docs)
         session = Session(state.runtime, config, recorder=state.recorder)
         session.caller = params.get("from") or None
         if flow is not None:
-            control = TwilioCallControl(state, start.call_id)
+            control = self.provider.call_control(state, start.call_id)
             if not control.owned:
                 log.warning("call %.40s: not answered or placed here; its flow cannot hang up", start.call_id)
             attach_flow(session, state, flow, call=control)
         self.session = session
         state.sessions.add(session)
         self._reserved = False
-        state.runtime.metrics.active_sessions.labels("twilio").inc()
+        state.runtime.metrics.active_sessions.labels(self.name).inc()
         self._call = {"sid": start.call_id, "from": params.get("from"), "to": params.get("to")}
         self._call["direction"] = params.get("direction", "inbound")
         await session.start()
         await self._record_call(status="in-progress")
-        self._writer = asyncio.create_task(self._write(), name=f"{session.id}-twilio-writer")
+        self._writer = asyncio.create_task(self._write(), name=f"{session.id}-{self.name}-writer")
 
     async def _load_flow(self, call_id: str, params: dict[str, str]) -> Any:
         """The flow the call's parameters name, or None: a bad or missing flow must not drop the call."""
@@ -214,9 +216,11 @@ class TwilioCall:
             flow_id, version = flow_request(params)
             return None if flow_id is None else await load_stored_flow(self.state, flow_id, version)
         except (SessionError, FlowNotAvailable) as exc:
-            log.error("twilio call %.40s: %s; answering without a flow", call_id, exc.message)
+            log.error("%s call %.40s: %s; answering without a flow", self.name, call_id, exc.message)
         except Exception:
-            log.exception("twilio call %.40s: loading its flow failed; answering without a flow", call_id)
+            log.exception(
+                "%s call %.40s: loading its flow failed; answering without a flow", self.name, call_id
+            )
         return None
 
     def _mark_echoed(self, name: str) -> None:
@@ -245,7 +249,7 @@ class TwilioCall:
                 if self._unmarked_ms >= MARK_EVERY_MS:
                     await self._send_mark(item.response_id)
             elif item.get("type") == "response.interrupted":
-                # The session already stopped its own audio; Twilio must drop what it buffered too.
+                # The session already stopped its own audio; the provider must drop what it buffered too.
                 await self.ws.send_text(provider.clear(sid))
                 self.marks.clear()
                 self._unmarked_ms = 0.0
@@ -260,13 +264,15 @@ class TwilioCall:
 
     async def _wait_for_playback(self, lead_ms: int) -> None:
         # The pacer keeps audio at real time; this keeps it within lead_ms (plus one mark group) of what
-        # Twilio has actually played, should Twilio's playback fall behind.
+        # the provider has actually played, should its playback fall behind.
         while self.marks.outstanding() > lead_ms + MARK_EVERY_MS:
             self._echo.clear()
             try:
                 await asyncio.wait_for(self._echo.wait(), MARK_WAIT_S)
             except TimeoutError:
-                log.warning("twilio stream %s: no mark echoed for %.1f s", self.stream_sid, MARK_WAIT_S)
+                log.warning(
+                    "%s stream %s: no mark echoed for %.1f s", self.name, self.stream_sid, MARK_WAIT_S
+                )
                 return
 
     async def _record_call(self, status: str) -> None:
@@ -281,24 +287,30 @@ class TwilioCall:
             # The session row must exist first (foreign key): write what the session has queued.
             await self.state.store.writer.flush()
             await self.state.store.merge_call(
-                call["sid"], values, extra=stats, defaults=defaults, now=session.created_at
+                call["sid"],
+                values,
+                provider=self.name,
+                extra=stats,
+                defaults=defaults,
+                now=session.created_at,
             )
         except Exception:
             log.exception("call %s: storing the call failed", call["sid"])
 
 
-async def twilio_media_endpoint(ws: WebSocket) -> None:
+async def serve_media_socket(ws: WebSocket, provider: TelephonyProvider) -> None:
+    """A provider's media WebSocket endpoint: check the upgrade, hold a place, serve the call."""
     state = ws.app.state.voxgate
-    refusal = twilio_gate(state, ws.url.path + (f"?{ws.url.query}" if ws.url.query else ""), ws.headers, None)
+    refusal = provider.check_socket(state, ws)
     if refusal is not None:
-        log.warning("twilio media socket refused: %s", refusal)
-        await ws.close(code=1008)  # before accept: the client sees HTTP 403
+        log.warning("%s media socket refused: %s", provider.name, refusal)
+        await ws.close(code=CLOSE_POLICY)  # before accept: the client sees HTTP 403
         return
     # A socket holds its place from before it is accepted: a stream that never sends start still counts.
     if not state.sessions.try_reserve():
-        log.warning("twilio media socket refused: the gateway is at max_sessions")
+        log.warning("%s media socket refused: the gateway is at max_sessions", provider.name)
         if state.runtime is not None:
             state.runtime.metrics.sessions_refused.inc()
         await ws.close(code=CLOSE_TRY_AGAIN)  # before accept: the client sees HTTP 403
         return
-    await TwilioCall(ws, state).run()
+    await MediaStreamCall(ws, state, provider).run()

@@ -9,9 +9,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from telephony import twiml
-from telephony.signatures import TwilioSignatureChecker
-from telephony.twilio_rest import TwilioCalls
+from telephony.twilio import twiml
+from telephony.twilio.rest import TwilioCalls
+from telephony.twilio.signatures import TwilioSignatureChecker
 
 log = logging.getLogger("voxgate.twilio")
 

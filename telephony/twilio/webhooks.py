@@ -9,13 +9,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api_common import app_state
-from gateway.twilio_control import TwilioCallControl, twilio_gate
-from telephony import twiml
-from telephony.signatures import public_ws_url
+from telephony.twilio import twiml
+from telephony.twilio.control import TwilioCallControl, twilio_gate
+from telephony.twilio.signatures import public_ws_url
 
 log = logging.getLogger("voxgate.twilio")
 
 TWIML = "application/xml"
+PROVIDER_NAME = "twilio"
+VOICE_PATH = "/twilio/voice"
+STATUS_PATH = "/twilio/status"
+MEDIA_PATH = "/twilio/media"
+STATUS_DETAILS = ("AnsweredBy", "CallDuration")  # kept with each status in the call's history
 
 
 async def _checked_form(request: Request) -> tuple[dict[str, str], Response | None]:
@@ -58,7 +63,15 @@ async def call_status(request: Request) -> Response:
     sid = form.get("CallSid")
     if not sid or store is None:
         return JSONResponse({"detail": "CallSid is required"}, status_code=422)
-    await store.record_call_status(sid, form.get("CallStatus", ""), form, time.time())
+    direction = "outbound" if form.get("Direction", "").startswith("outbound") else "inbound"
+    await store.record_call_status(
+        sid,
+        form.get("CallStatus", ""),
+        provider=PROVIDER_NAME,
+        details={k: form[k] for k in STATUS_DETAILS if k in form},
+        defaults={"direction": direction, "from_number": form.get("From"), "to_number": form.get("To")},
+        now=time.time(),
+    )
     if form.get("AnsweredBy", "").startswith(("machine", "fax")):
         await _leave_voicemail(request, sid)
     return Response(status_code=204)
@@ -74,4 +87,4 @@ async def _leave_voicemail(request: Request, sid: str) -> None:
 def media_url(request: Request) -> str:
     """The URL Twilio should stream to: under the public URL setting, else this request's own host."""
     public = app_state(request).settings.public_url or f"{request.url.scheme}://{request.url.netloc}"
-    return public_ws_url(public, "/twilio/media")
+    return public_ws_url(public, MEDIA_PATH)
