@@ -8,24 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Coroutine
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from engines.base import GenerationOptions
+from pipeline.answer import Answer, HoldBuffer, LiveDestination
 from pipeline.audio import pcm16_to_float, resample
-from pipeline.codec import InputBacklog, InputDecoder, WireEncoder
+from pipeline.codec import InputBacklog, InputDecoder
 from pipeline.conversation import Conversation, TurnRecord
-from pipeline.frames import EndOfResponse, Frame, TTSAudio
 from pipeline.outbox import Outbox
 from pipeline.pacer import OutputPacer
-from pipeline.processor import Chain
 from pipeline.recording import SessionRecording
-from pipeline.response import ClauseAggregator, Response, TextNormalizer, TTSStage, llm_source, new_id
+from pipeline.response import Response, new_id
 from pipeline.runtime import Runtime
 from pipeline.session_config import SessionConfig as SessionConfig
 from pipeline.session_config import SessionError as SessionError
@@ -60,23 +57,6 @@ class SessionRecorder(Protocol):
     """Told whenever a session or one of its turns changed (storage listens; it must not block)."""
 
     def changed(self, session: Session, turn: TurnRecord | None = None) -> None: ...
-
-
-@dataclass
-class _Run:
-    """One answer in flight and what the session needs to steer it."""
-
-    response: Response
-    turn: TurnRecord
-    wire: WireEncoder
-    held: bool = False  # speculative: running, but nothing reaches the caller yet
-    speech_end: float | None = None
-    chain: Chain | None = None
-    task: asyncio.Task[None] | None = None
-    held_events: list[dict[str, Any]] = field(default_factory=list)
-    held_frames: list[bytes] = field(default_factory=list)
-    text_done: bool = False
-    released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Session:
@@ -117,9 +97,10 @@ class Session:
         self.conversation = Conversation(config)
         self.turns: list[TurnRecord] = []
         self.dtmf_digits: list[str] = []
-        self._run: _Run | None = None  # the answer the caller hears (or is about to)
-        self._held: _Run | None = None  # a speculative answer, held until the turn really ends
-        self._runs: dict[str, _Run] = {}
+        self._live = LiveDestination(self.outbox, self.pacer)
+        self._current: Answer | None = None  # the answer the caller hears (or is about to)
+        self._held: Answer | None = None  # a speculative answer, held until the turn really ends
+        self._answers: dict[str, Answer] = {}
         self._decoder = InputDecoder(config.input_rate, config.input_encoding, self.vad_rate)
         self._backlog = InputBacklog(config.max_input_backlog_s, self.vad_rate)
         self._has_input = asyncio.Event()
@@ -174,7 +155,7 @@ class Session:
         if self.agent is not None:
             await self.agent.close()
         await self._cancel_speculation()
-        await self._cancel_run(self._run)
+        await self._drop(self._current)
         for task in [*self._loops, *self._tasks, self._speculative, self._partial_task]:
             if task is not None and task is not current and not task.done():
                 task.cancel()
@@ -186,11 +167,6 @@ class Session:
         self._record()
         await self.emit("session.closed", reason=reason)
         await self.outbox.close()
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def emit(self, type_: str, **fields: Any) -> None:
         if type_ == "error":
@@ -229,7 +205,7 @@ class Session:
             self.rt.metrics.dropped_input.inc(lost / 2 / self.vad_rate)
             if not self._overrun_reported:
                 self._overrun_reported = True
-                self._spawn(
+                self.spawn(
                     self.error(
                         "input_overrun",
                         f"more than {self.config.max_input_backlog_s:g} s of audio is waiting; "
@@ -271,9 +247,9 @@ class Session:
     def ack_played(self, response_id: str, ms: float) -> None:
         """The client has played ``ms`` of a response: the most reliable measure of what was heard."""
         self.last_activity = time.monotonic()
-        run = self._runs.get(response_id)
-        if run is not None:
-            response = run.response
+        answer = self._answers.get(response_id)
+        if answer is not None:
+            response = answer.response
             response.acked_ms = max(response.acked_ms or 0.0, float(ms))
 
     async def cancel_response(self) -> None:
@@ -328,7 +304,7 @@ class Session:
             self._maybe_partial()
 
     def _agent_speaking(self) -> bool:
-        return self._run is not None
+        return self._current is not None
 
     async def _on_turn_event(self, event: TurnEvent) -> None:
         if event.kind == "started":
@@ -361,7 +337,7 @@ class Session:
             self._speculative.cancel()
             self._speculative = None
         held, self._held = self._held, None
-        await self._cancel_run(held)
+        await self._drop(held)
 
     async def _transcribe(self, pcm: bytes, stage: str = "stt") -> str:
         """Whisper on ``pcm`` through the shared STT worker; ``stage`` names it in the latency metrics."""
@@ -387,11 +363,11 @@ class Session:
         """
         text = await self._transcribe(pcm)
         speculate = self.config.speculative_response and self.agent is None
-        if speculate and self._run is None and not only_fillers(text):
+        if speculate and self._current is None and not only_fillers(text):
             turn = TurnRecord(new_id("turn"), "voice", text)
             turn.timings["stt_ms"] = self._stt_ms
             messages = [*self.conversation.context(), {"role": "user", "content": text}]
-            await self._start_response(turn, messages, speech_end=speech_end, held=True)
+            await self._start_answer(turn, messages, speech_end=speech_end, held=True)
         return text
 
     def _maybe_partial(self) -> None:
@@ -435,7 +411,7 @@ class Session:
         if only_fillers(text):
             # No words ("", "Hmm.", "Mm-hmm"): a cough or a backchannel is not a turn, and must not
             # leave the agent silent if it barged in.
-            await self._cancel_run(held)
+            await self._drop(held)
             await self._resume_after_false_interruption()
             return
         self._resume_candidate = None
@@ -443,7 +419,7 @@ class Session:
             await self.emit("transcript.final", turn_id=held.turn.turn_id, text=text, source="voice")
             await self._commit_held(held)
             return
-        await self._cancel_run(held)
+        await self._drop(held)
         turn = TurnRecord(new_id("turn"), "voice", text)
         turn.timings["stt_ms"] = self._stt_ms
         await self.emit("transcript.final", turn_id=turn.turn_id, text=text, source="voice")
@@ -459,7 +435,7 @@ class Session:
     @property
     def response(self) -> Response | None:
         """The response the caller is hearing (or about to), if any."""
-        return self._run.response if self._run is not None else None
+        return self._current.response if self._current is not None else None
 
     async def _begin_turn(self, turn: TurnRecord, speech_end: float | None = None) -> None:
         self.turns.append(turn)
@@ -469,7 +445,7 @@ class Session:
             self._give_agent_turn(turn)
             return
         self.conversation.add_user(turn.user_text)
-        await self._start_response(turn, self.conversation.context(), speech_end=speech_end)
+        await self._start_answer(turn, self.conversation.context(), speech_end=speech_end)
 
     async def speak(self, turn: TurnRecord, text: str) -> Response:
         """Say ``text`` as the agent's answer to ``turn`` (no LLM): streamed, paced and interruptible like
@@ -477,9 +453,8 @@ class Session:
         if not any(t is turn for t in self.turns):
             self.turns.append(turn)
             self._record(turn)
-        await self._start_response(turn, [], spoken_prefix=text, fixed_text=True)
-        assert self._run is not None
-        return self._run.response
+        answer = await self._start_answer(turn, [], spoken_prefix=text, fixed_text=True)
+        return answer.response
 
     def _give_agent_turn(self, turn: TurnRecord) -> None:
         inbox = self._agent_inbox
@@ -516,233 +491,111 @@ class Session:
         self._tasks.add(self._agent_chain)
         self._agent_chain.add_done_callback(self._tasks.discard)
 
-    async def _start_response(
+    async def _start_answer(
         self,
         turn: TurnRecord,
         messages: list[dict[str, Any]],
         *,
+        held: bool = False,
         speech_end: float | None = None,
         spoken_prefix: str = "",
         resumed: Response | None = None,
-        held: bool = False,
         fixed_text: bool = False,
-    ) -> None:
+    ) -> Answer:
+        """A new answer to ``turn``: live (replacing the current one), or held (see :meth:`_commit_held`)."""
         if not held:
-            await self._cancel_run(self._run)
-        response = Response(turn.turn_id)
-        if resumed is not None:
-            response.resumed_from = resumed.id
-            response.heard_prefix = resumed.heard_before(resumed.acked_ms or 0.0)
-        response.llm_done = fixed_text or (
-            resumed is not None
-            and (resumed.llm_done or not self.rt.llm.capabilities.continues_assistant_prefix)
+            await self._drop(self._current)
+        answer = Answer(
+            self,
+            turn,
+            messages,
+            HoldBuffer() if held else self._live,
+            speech_end=speech_end,
+            spoken_prefix=spoken_prefix,
+            resumed=resumed,
+            fixed_text=fixed_text,
         )
-        wire = WireEncoder(self.rt.tts.sample_rate, self.config.output_rate, self.config.output_encoding)
-        run = _Run(response, turn, wire, held=held, speech_end=speech_end)
-        if not held:
-            run.released.set()
-        options = GenerationOptions(max_tokens=self.config.max_tokens, temperature=self.config.temperature)
-
-        async def on_delta(delta: str) -> None:
-            await self._emit_for(run, "response.text.delta", response_id=response.id, delta=delta)
-
-        async def on_done() -> None:
-            if run.held:
-                run.text_done = True
-            else:
-                await self._text_done(run)
-
-        async def tts_gate(clause_index: int) -> None:
-            if clause_index > 0:
-                await run.released.wait()  # on hold, only the first clause is synthesized ahead
-            await self.pacer.wait_for_room()
-
-        source = llm_source(
-            response, self.rt.llm_worker, self.rt.llm, messages, options, on_delta, on_done, spoken_prefix
-        )
-        stages = [
-            ClauseAggregator(response, self.config.eager_first_words),
-            TextNormalizer(),
-            TTSStage(response, self.rt.tts_worker, self.rt.tts, tts_gate, self.config.voice),
-        ]
-        run.chain = Chain(source, stages, functools.partial(self._sink, run))
-        self._runs[response.id] = run
+        self._answers[answer.id] = answer
         if held:
-            self._held = run
+            self._held = answer
         else:
-            self._run = run
-            turn.response_id = response.id
-            await self.emit("response.started", **self._started_fields(run))
-        run.task = asyncio.create_task(self._run_response(run))
+            self._current = answer
+            turn.response_id = answer.id
+            await self.emit("response.started", **answer.started_event())
+        answer.start()
+        return answer
 
-    @staticmethod
-    def _started_fields(run: _Run) -> dict[str, Any]:
-        fields: dict[str, Any] = {"response_id": run.response.id, "turn_id": run.turn.turn_id}
-        if run.response.resumed_from is not None:
-            fields["resumed_from"] = run.response.resumed_from
-        return fields
-
-    async def _emit_for(self, run: _Run, type_: str, **fields: Any) -> None:
-        if run.held:
-            run.held_events.append({"type": type_, **fields})
-        else:
-            await self.emit(type_, **fields)
-
-    async def _commit_held(self, run: _Run) -> None:
+    async def _commit_held(self, answer: Answer) -> None:
         """The turn ended as guessed: the held answer becomes the real one, with everything it made so far."""
-        await self._cancel_run(self._run)
-        self.turns.append(run.turn)
-        self._record(run.turn)
-        self.conversation.add_user(run.turn.user_text)
-        self._run = run
-        run.turn.response_id = run.response.id
-        await self.emit("response.started", **self._started_fields(run))
-        while run.held_events:  # more may arrive while we emit; they join this same queue
-            await self.outbox.put_event(run.held_events.pop(0))
-        run.held = False
-        frames, run.held_frames = run.held_frames, []
-        self.pacer.enqueue(run.response.id, frames, 20)
-        run.released.set()
-        if run.text_done:
-            await self._text_done(run)
-        self._check_audio_done(run)
+        await self._drop(self._current)
+        self.turns.append(answer.turn)
+        self._record(answer.turn)
+        self.conversation.add_user(answer.turn.user_text)
+        self._current = answer
+        answer.turn.response_id = answer.id
+        await self.emit("response.started", **answer.started_event())
+        await answer.commit(self._live)
 
-    async def _run_response(self, run: _Run) -> None:
-        assert run.chain is not None
-        try:
-            await run.chain.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("response %s failed", run.response.id)
-            if run.held:
-                self._held = None  # a failed guess is just dropped; the real turn end tries again
-                return
-            await self.error("response_failed", f"the agent could not answer: {exc}")
-            if self._run is run:
-                self.pacer.flush()
-                self._run = None
-
-    async def _text_done(self, run: _Run) -> None:
-        """The LLM finished: the whole answer goes into history now (cut later if the caller barges in)."""
-        response = run.response
-        text = response.full_text()
-        run.turn.response_text = text
-        if text:
-            self.conversation.add_answer(response, text)
-        self._record(run.turn)
-        await self.emit("response.text.done", response_id=response.id, text=text)
-
-    def _timings(self, run: _Run) -> dict[str, float | None]:
-        def ms(a: float | None, b: float | None) -> float | None:
-            return round((b - a) * 1000, 1) if a is not None and b is not None else None
-
-        r = run.response
-        return {
-            "llm_ttft_ms": ms(r.t_llm_start, r.t_first_token),
-            "first_clause_ms": ms(r.t_llm_start, r.t_first_clause),
-            "tts_ttfb_ms": ms(r.t_first_tts_request, r.t_first_tts_audio),
-            "voice_to_voice_ms": ms(run.speech_end or r.t_created, r.t_first_release),
-        }
-
-    async def _sink(self, run: _Run, frame: Frame) -> None:
-        if run is not self._run and run is not self._held:
+    async def _drop(self, answer: Answer | None) -> None:
+        if answer is None:
             return
-        response = run.response
-        if isinstance(frame, TTSAudio):
-            response.add_audio(
-                frame.clause_index, frame.display, len(frame.pcm) / 2 / frame.sample_rate * 1000
-            )
-            frames = run.wire.encode(frame.pcm)
-        elif isinstance(frame, EndOfResponse):
-            frames = run.wire.flush()
-            response.tts_done = True
-        else:
-            return
-        response.wire_ms += len(frames) * 20
-        if run.held:
-            run.held_frames.extend(frames)
-            return
-        self.pacer.enqueue(response.id, frames, 20)
-        if isinstance(frame, EndOfResponse):
-            self._check_audio_done(run)
+        if self._current is answer:
+            self._current = None
+        if self._held is answer:
+            self._held = None
+        await answer.cancel()
+
+    # -- what answers tell the session (AnswerOwner) --------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def turn_changed(self, turn: TurnRecord) -> None:
+        self._record(turn)
+
+    def answer_finished(self, answer: Answer) -> None:
+        if self._current is answer:
+            self._current = None
+            self._resume_candidate = None
+
+    def guess_dropped(self, answer: Answer) -> None:
+        if self._held is answer:
+            self._held = None
+
+    async def answer_failed(self, answer: Answer, exc: Exception) -> None:
+        await self.error("response_failed", f"the agent could not answer: {exc}")
+        if self._current is answer:
+            self.pacer.flush()
+            self._current = None
 
     def _on_release(self, response_id: str, ms: float, payload: bytes) -> None:
         if self.recording is not None:
             self.recording.agent(payload)
-        run = self._runs.get(response_id)
-        if run is None:
-            return
-        response, turn = run.response, run.turn
-        if response.t_first_release is None:
-            response.t_first_release = time.monotonic()
-            timings = self._timings(run)
-            timings["stt_ms"] = turn.timings.get("stt_ms")
-            turn.timings.update(timings)
-            for stage, value in timings.items():
-                if stage != "stt_ms":  # already observed when the transcription finished
-                    self.rt.metrics.observe_ms(stage.removesuffix("_ms"), value)
-            self._spawn(self.emit("metrics", turn_id=turn.turn_id, response_id=response_id, **timings))
-        self._check_audio_done(run)
-
-    def _check_audio_done(self, run: _Run) -> None:
-        response = run.response
-        released = self.pacer.released_ms.get(response.id, 0.0)
-        if response.audio_done_sent or not response.tts_done or not response.llm_done or run.held:
-            return
-        if released < response.wire_ms:
-            return
-        response.audio_done_sent = True
-        run.turn.heard_text = response.full_text()
-        self._record(run.turn)
-        self._spawn(self._finish_audio(run))
-
-    async def _finish_audio(self, run: _Run) -> None:
-        # The last frame left; the caller finishes hearing it lead_ms later, and only then may speak freely.
-        await self.emit(
-            "response.audio.done", response_id=run.response.id, audio_ms=round(run.response.audio_ms)
-        )
-        await asyncio.sleep(self.pacer.ahead_ms() / 1000)
-        if self._run is run:
-            self._run = None
-            self._resume_candidate = None
-        run.response.finished.set()
-
-    async def _cancel_run(self, run: _Run | None) -> None:
-        if run is None:
-            return
-        run.response.finished.set()
-        if self._run is run:
-            self._run = None
-        if self._held is run:
-            self._held = None
-        task = run.task
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if run.chain is not None:
-            await run.chain.cancel()
+        answer = self._answers.get(response_id)
+        if answer is not None:
+            answer.released()
 
     async def _interrupt(self, reason: str, resumable: bool) -> None:
         """Barge-in: nothing more leaves, generation stops, and history keeps only what was heard."""
-        run = self._run
-        if run is None:
+        answer = self._current
+        if answer is None:
             return
-        response = run.response
+        response, turn = answer.response, answer.turn
         # Estimate before flushing: the flush forgets how much released audio is still unplayed.
         played_estimate = self.pacer.played_estimate_ms(response.id)
         self.pacer.flush()  # synchronous: not one more agent frame is released after this line
-        self._run = None
+        self._current = None
         played = response.acked_ms if response.acked_ms is not None else played_estimate
         played = min(played, response.audio_ms)
         response.acked_ms = played
         response.interrupted = True
-        await self._cancel_run(run)
+        await self._drop(answer)
         heard = response.heard_text(played)
-        run.turn.heard_text, run.turn.interrupted = heard, True
-        run.turn.response_text = response.full_text()
-        self._record(run.turn)
+        turn.heard_text, turn.interrupted = heard, True
+        turn.response_text = response.full_text()
+        self._record(turn)
         self.conversation.record_heard(response, heard)
         self.rt.metrics.interruptions.labels(reason).inc()
         await self.emit(
@@ -761,10 +614,10 @@ class Session:
         if candidate is None:
             return
         response, played = candidate
-        run = self._runs.get(response.id)
-        if run is None:
+        cut = self._answers.get(response.id)
+        if cut is None:
             return
-        turn = run.turn
+        turn = cut.turn
         turn.resumed = True
         if response.history_entry is not None:
             self.conversation.drop(response.history_entry)
@@ -772,7 +625,7 @@ class Session:
         if not response.llm_done:
             messages.append({"role": "assistant", "content": response.generated, "prefix": True})
         self.rt.metrics.interruptions.labels("false").inc()
-        await self._start_response(
+        await self._start_answer(
             turn, messages, spoken_prefix=response.unheard_text(played), resumed=response
         )
 
@@ -787,12 +640,12 @@ class Session:
 
     def queue_depths(self) -> dict[str, float]:
         """How full each of this session's bounded queues is (for /metrics and tests)."""
-        chains = [run.chain for run in (self._run, self._held) if run is not None and run.chain is not None]
+        answers = [answer for answer in (self._current, self._held) if answer is not None]
         return {
             "input_backlog_seconds": self.input_backlog_s,
             "outbox": self.outbox.depth,
             "pacer_ms": self.pacer.buffered_ms,
-            "response_stage": max((max(c.depths(), default=0) for c in chains), default=0),
+            "response_stage": max((answer.stage_depth() for answer in answers), default=0),
         }
 
     def snapshot(self) -> dict[str, Any]:

@@ -170,10 +170,10 @@ async def test_a_failing_session_does_not_touch_another(server) -> None:
         await healthy.wait_for("session.created")
         session = server.state.sessions.live[broken_id]
 
-        async def explode(frame) -> None:  # type: ignore[no-untyped-def]
+        def explode(*args) -> None:  # type: ignore[no-untyped-def]
             raise RuntimeError("simulated fault in one session's audio path")
 
-        session._sink = explode  # a fault inside this session's response pipeline only
+        session.pacer.enqueue = explode  # a fault inside this session's response pipeline only
         await broken.send_event({"type": "input_text", "text": "Say hello."})
         await healthy.send_event({"type": "input_text", "text": "Say hello."})
         error = await broken.wait_for("error", timeout=30)
