@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.answer import Answer, HoldBuffer, LiveDestination
-from pipeline.audio import pcm16_to_float, resample
-from pipeline.codec import InputBacklog, InputDecoder
 from pipeline.conversation import Conversation, TurnRecord
+from pipeline.listener import Listener, listening_rate
 from pipeline.outbox import Outbox
 from pipeline.pacer import OutputPacer
 from pipeline.recording import SessionRecording
@@ -28,7 +27,6 @@ from pipeline.session_config import SessionConfig as SessionConfig
 from pipeline.session_config import SessionError as SessionError
 from pipeline.session_config import VadConfig as VadConfig
 from pipeline.text import only_fillers
-from pipeline.turns import CHUNK_MS, TurnDetector, TurnEvent
 
 log = logging.getLogger("voxgate.session")
 
@@ -77,11 +75,7 @@ class Session:
         self.flow_id: str | None = None
         self.flow_version: int | None = None
         self.outcome: str | None = None
-        # Caller audio stays at the wire rate when the VAD scores it natively (8 kHz phone calls): no
-        # per-frame resampling; STT gets each utterance resampled to 16 kHz once.
-        vad = runtime.vad
-        self.vad_rate = config.input_rate if config.input_rate in vad.sample_rates else vad.sample_rate
-        self._vad_chunk_bytes = self.vad_rate * CHUNK_MS // 1000 * 2
+        self.vad_rate = listening_rate(runtime.vad, config.input_rate)
         self.recording = (
             SessionRecording(
                 Path(config.recording_dir) / self.id,
@@ -101,20 +95,9 @@ class Session:
         self._current: Answer | None = None  # the answer the caller hears (or is about to)
         self._held: Answer | None = None  # a speculative answer, held until the turn really ends
         self._answers: dict[str, Answer] = {}
-        self._decoder = InputDecoder(config.input_rate, config.input_encoding, self.vad_rate)
-        self._backlog = InputBacklog(config.max_input_backlog_s, self.vad_rate)
-        self._has_input = asyncio.Event()
-        self._overrun_reported = False
-        self._vad_changed = False
-        self._detector = self._new_detector()
-        self._vad_state = vad.new_state(self.vad_rate)
-        self._speculative: asyncio.Task[str] | None = None
-        self._partial_task: asyncio.Task[None] | None = None
-        self._last_partial_ms = 0
+        self.listener = Listener(runtime, config, self, self.vad_rate, self.recording)
         self._overlapped_agent = False  # the open utterance began while the agent spoke
         self._resume_candidate: tuple[Response, float] | None = None
-        self._t_speech_end: float | None = None
-        self._stt_ms: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._agent_chain: asyncio.Task[None] | None = None
         # Caller turns waiting for the agent's next step (a flood of typed turns makes one step, not one each).
@@ -132,7 +115,7 @@ class Session:
         self._record()
         self.pacer.start()
         self._loops = [
-            asyncio.create_task(self._input_loop(), name=f"{self.id}-input"),
+            asyncio.create_task(self.listener.run(), name=f"{self.id}-input"),
             asyncio.create_task(self._idle_watchdog(), name=f"{self.id}-idle"),
         ]
         await self.emit(
@@ -156,9 +139,10 @@ class Session:
             await self.agent.close()
         await self._cancel_speculation()
         await self._drop(self._current)
-        for task in [*self._loops, *self._tasks, self._speculative, self._partial_task]:
-            if task is not None and task is not current and not task.done():
+        for task in [*self._loops, *self._tasks]:
+            if task is not current and not task.done():
                 task.cancel()
+        self.listener.close()
         await self.pacer.close()
         if self.recording is not None:
             await self.recording.close()
@@ -188,36 +172,16 @@ class Session:
 
     @property
     def input_backlog_s(self) -> float:
-        return self._backlog.seconds
+        return self.listener.backlog_s
 
     @property
     def dropped_input_s(self) -> float:
-        return self._backlog.dropped_seconds
+        return self.listener.dropped_s
 
     def push_audio(self, data: bytes) -> None:
         """Caller audio in the session's wire format. Never blocks; overflow is reported, not hidden."""
         self.last_activity = time.monotonic()
-        pcm = self._decoder.decode(data)
-        if self.recording is not None:
-            self.recording.caller(pcm)
-        lost = self._backlog.write(pcm)
-        if lost:
-            self.rt.metrics.dropped_input.inc(lost / 2 / self.vad_rate)
-            if not self._overrun_reported:
-                self._overrun_reported = True
-                self.spawn(
-                    self.error(
-                        "input_overrun",
-                        f"more than {self.config.max_input_backlog_s:g} s of audio is waiting; "
-                        "dropping new audio (GET /v1/sessions/{id} counts dropped_input_ms)",
-                    )
-                )
-        elif self._overrun_reported and self._backlog.seconds < self.config.max_input_backlog_s / 2:
-            self._overrun_reported = False
-        if self._backlog.holds(self._vad_chunk_bytes):
-            # Only a whole chunk is worth waking the input loop for: 20 ms frames make a 32 ms chunk
-            # every second or third frame.
-            self._has_input.set()
+        self.listener.push(data)
 
     async def submit_text(self, text: str) -> None:
         """A typed user turn: interrupts the agent if it is speaking, then gets an answer."""
@@ -232,9 +196,7 @@ class Session:
     async def commit_input(self) -> None:
         """The client says the caller's turn is over now."""
         self.last_activity = time.monotonic()
-        event = self._detector.commit()
-        if event is not None:
-            await self._on_turn_event(event)
+        await self.listener.commit()
 
     async def dtmf(self, digit: str) -> None:
         self.last_activity = time.monotonic()
@@ -276,130 +238,58 @@ class Session:
         if vad:
             for key, value in vad.items():
                 setattr(self.config.vad, key, value)
-            # An utterance in progress keeps the knobs it started with; the next one gets the new ones.
-            self._vad_changed = True
-            self._apply_vad_change()
-
-    def _apply_vad_change(self) -> None:
-        if self._vad_changed and not self._detector.in_speech:
-            self._detector = self._new_detector()
-            self._vad_changed = False
-
-    def _new_detector(self) -> TurnDetector:
-        v = self.config.vad
-        return TurnDetector(v.threshold, v.end_of_turn_ms, v.min_interrupt_ms, v.min_speech_ms)
+            self.listener.vad_changed()
 
     # -- caller speech --------------------------------------------------------------------------------------
-
-    async def _input_loop(self) -> None:
-        while True:
-            chunk = self._backlog.read(self._vad_chunk_bytes)
-            if chunk is None:
-                self._has_input.clear()
-                await self._has_input.wait()
-                continue
-            prob = await self.rt.vad_batcher.speech_prob(self._vad_state, pcm16_to_float(chunk))
-            for event in self._detector.feed(chunk, prob):
-                await self._on_turn_event(event)
-            self._maybe_partial()
 
     def _agent_speaking(self) -> bool:
         return self._current is not None
 
-    async def _on_turn_event(self, event: TurnEvent) -> None:
-        if event.kind == "started":
-            self._overlapped_agent = self._agent_speaking()
-            self._last_partial_ms = 0
-            if self.agent is not None:
-                self.agent.caller_active()
-            await self.emit("speech.started")
-        elif event.kind == "interrupt":
-            if self._agent_speaking():
-                self._overlapped_agent = False
-                await self._interrupt("barge_in", resumable=True)
-        elif event.kind == "paused":
-            self._t_speech_end = time.monotonic() - CHUNK_MS / 1000
-            await self.emit("speech.stopped")
-            await self._cancel_speculation()
-            if not (self._overlapped_agent and self._agent_speaking()):
-                self._speculative = asyncio.create_task(self._speculate(event.audio, self._t_speech_end))
-        elif event.kind == "resumed":
-            await self._cancel_speculation()  # the caller went on: that guess at the turn is stale
-            await self.emit("speech.started")
-        elif event.kind == "ended":
-            await self._end_of_turn(event)
-        # "discarded": too short to be speech; nothing to say about it.
-        if event.kind in ("ended", "discarded"):
-            self._apply_vad_change()
+    # -- what the listener tells the session (ListenerHooks) ------------------------------------------------
 
-    async def _cancel_speculation(self) -> None:
-        if self._speculative is not None:
-            self._speculative.cancel()
-            self._speculative = None
-        held, self._held = self._held, None
-        await self._drop(held)
+    async def on_speech_started(self) -> None:
+        self._overlapped_agent = self._agent_speaking()
+        if self.agent is not None:
+            self.agent.caller_active()
+        await self.emit("speech.started")
 
-    async def _transcribe(self, pcm: bytes, stage: str = "stt") -> str:
-        """Whisper on ``pcm`` through the shared STT worker; ``stage`` names it in the latency metrics."""
-        start = time.monotonic()
-        transcript = await self.rt.stt_worker.run(self._stt_call, pcm)
-        ms = round((time.monotonic() - start) * 1000, 1)
-        self.rt.metrics.observe_ms(stage, ms)
-        if stage == "stt":
-            self._stt_ms = ms
-        return transcript.text.strip()
+    async def on_interrupt(self) -> None:
+        if self._agent_speaking():
+            self._overlapped_agent = False
+            await self._interrupt("barge_in", resumable=True)
 
-    def _stt_call(self, pcm: bytes) -> Any:
-        """On the STT thread: the utterance at 16 kHz (Whisper's rate), transcribed."""
-        audio = pcm16_to_float(resample(pcm, self.vad_rate, 16000))
-        return self.rt.stt.transcribe(audio, self.config.language)
+    async def on_paused(self, audio: bytes) -> None:
+        await self.emit("speech.stopped")
+        await self._cancel_speculation()
+        if not (self._overlapped_agent and self._agent_speaking()):
+            self.listener.transcribe_early(audio)
 
-    async def _speculate(self, pcm: bytes, speech_end: float) -> str:
-        """Transcribe while the end-of-turn silence runs, then start the answer on hold.
+    async def on_speech_resumed(self) -> None:
+        await self._cancel_speculation()  # the caller went on: that guess at the turn is stale
+        await self.emit("speech.started")
+
+    async def on_early_transcript(self, text: str, speech_end: float) -> None:
+        """Start the answer on hold while the end-of-turn silence runs.
 
         The held answer's text and audio reach the caller only when the turn really ends; if the caller
         goes on speaking it is dropped unseen. On 2 cores this takes STT and the first LLM tokens off the
         critical path.
         """
-        text = await self._transcribe(pcm)
         speculate = self.config.speculative_response and self.agent is None
         if speculate and self._current is None and not only_fillers(text):
             turn = TurnRecord(new_id("turn"), "voice", text)
-            turn.timings["stt_ms"] = self._stt_ms
+            turn.timings["stt_ms"] = self.listener.stt_ms
             messages = [*self.conversation.context(), {"role": "user", "content": text}]
             await self._start_answer(turn, messages, speech_end=speech_end, held=True)
-        return text
 
-    def _maybe_partial(self) -> None:
-        interval = self.config.partial_interval_ms
-        detector = self._detector
-        if not interval or not detector.in_speech or detector.speech_ms - self._last_partial_ms < interval:
-            return
-        if self.rt.stt_worker.pending or (self._partial_task and not self._partial_task.done()):
-            return  # never queue a partial in front of a final transcription
-        self._last_partial_ms = detector.speech_ms
-        self._partial_task = asyncio.create_task(self._partial(detector.audio_so_far()))
-
-    async def _partial(self, pcm: bytes) -> None:
-        try:
-            text = await self._transcribe(pcm, "stt_partial")
-        except Exception:
-            log.exception("partial transcription failed")
-            return
-        if text and self._detector.in_speech:
-            await self.emit("transcript.partial", text=text)
-
-    async def _end_of_turn(self, event: TurnEvent) -> None:
+    async def on_turn_end(self, audio: bytes) -> None:
         overlapped, self._overlapped_agent = self._overlapped_agent, False
-        task, self._speculative = self._speculative, None
         if overlapped and self._agent_speaking():
             # Speech shorter than min_interrupt_ms over the agent: not a turn, not an interruption.
-            if task is not None:
-                task.cancel()
             await self._cancel_speculation()
             return
         try:
-            text = await task if task is not None else await self._transcribe(event.audio)
+            text = await self.listener.final_text(audio)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -421,9 +311,14 @@ class Session:
             return
         await self._drop(held)
         turn = TurnRecord(new_id("turn"), "voice", text)
-        turn.timings["stt_ms"] = self._stt_ms
+        turn.timings["stt_ms"] = self.listener.stt_ms
         await self.emit("transcript.final", turn_id=turn.turn_id, text=text, source="voice")
-        await self._begin_turn(turn, speech_end=self._t_speech_end)
+        await self._begin_turn(turn, speech_end=self.listener.speech_end)
+
+    async def _cancel_speculation(self) -> None:
+        self.listener.cancel_early()
+        held, self._held = self._held, None
+        await self._drop(held)
 
     @property
     def history(self) -> list[dict[str, Any]]:

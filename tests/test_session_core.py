@@ -658,9 +658,9 @@ async def test_history_window_slides_in_steps_so_the_prompt_prefix_holds() -> No
 
 async def test_vad_update_during_an_utterance_applies_to_the_next_one() -> None:
     async with harness(mic=False) as h:
-        h.session._detector.in_speech = True  # an utterance is open
+        h.session.listener.detector.in_speech = True  # an utterance is open
         h.session.update(vad={"end_of_turn_ms": 900})
-        assert h.session._detector.end_of_turn_ms == 300
-        h.session._detector.in_speech = False
-        h.session._apply_vad_change()
-        assert h.session._detector.end_of_turn_ms == 900
+        assert h.session.listener.detector.end_of_turn_ms == 300
+        h.session.listener.detector.in_speech = False
+        h.session.listener.apply_vad_change()
+        assert h.session.listener.detector.end_of_turn_ms == 900
