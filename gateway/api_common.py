@@ -10,9 +10,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 # Re-exported: the routes parse bodies with these.
+from gateway.state import app_state as app_state
 from pipeline.strict_json import MAX_JSON_DEPTH as MAX_JSON_DEPTH
 from pipeline.strict_json import BadJson as BadJson
 from pipeline.strict_json import strict_json_loads as strict_json_loads
+from storage.store import Store
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -20,11 +22,7 @@ M = TypeVar("M", bound=BaseModel)
 _MAX_QUERY_INT_DIGITS = 18  # fits a signed 64-bit column (SQLite and PostgreSQL bigint)
 
 
-def app_state(request: Request) -> Any:
-    return request.app.state.voxgate
-
-
-def require_store(request: Request) -> Any:
+def require_store(request: Request) -> Store:
     store = app_state(request).store
     if store is None:
         raise HTTPException(503, "storage is not open yet")

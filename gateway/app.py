@@ -8,169 +8,37 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
 
-from flows import HttpTool, example_flows
-from gateway import calls_api, flows_api
-from gateway.auth import Auth, issue_session_token
+from gateway import calls_api, flows_api, service_api, sessions_api, webrtc, ws_voice
 from gateway.engines import build_runtime
 from gateway.http_guard import edge_middleware
-from gateway.records import StoreRecorder
-from gateway.sessions import SessionManager
-from gateway.sessions_api import delete_session, get_session, list_sessions
+from gateway.service_api import VERSION as VERSION
 from gateway.settings import Settings
-from gateway.webrtc import restrict_ice_host_addresses, webrtc_offer
-from gateway.ws_voice import voice_endpoint
-from pipeline.metrics import LoopLagMonitor
+from gateway.state import AppState
 from pipeline.runtime import Runtime
-from storage.store import Store
 from telephony import registry as telephony
-from telephony.twilio.control import TwilioSetup
 
 log = logging.getLogger("voxgate.app")
-STATIC = Path(__file__).parent / "static"
-VERSION = "0.1.0"
 
 
-class AppState:
-    """Everything the routes share; one per app instance (tests run several side by side)."""
-
-    def __init__(self, settings: Settings, runtime: Runtime | None) -> None:
-        self.settings = settings
-        self.runtime: Runtime | None = runtime
-        self.sessions = SessionManager(settings.max_sessions)
-        self.auth = Auth(settings.api_key, token_ttl_s=settings.session_token_ttl_s)
-        self.ready = asyncio.Event()
-        self.load_error: str | None = None
-        self.lag = LoopLagMonitor()
-        self.store: Store | None = None
-        self.flow_http = HttpTool(settings.flow_http_allowlist, settings.flow_secrets)
-        self.twilio = TwilioSetup(settings)
-        self.webrtc_calls: set[Any] = set()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        if settings.webrtc_host_addresses:
-            restrict_ice_host_addresses(
-                [a.strip() for a in settings.webrtc_host_addresses.split(",") if a.strip()]
-            )
-        if not self.twilio.enabled:
-            log.info(self.twilio.why_disabled)
-        self.recorder: StoreRecorder | None = None
-
-    async def open_store(self) -> None:
-        self.store = await Store.open(
-            self.settings.storage_url(), write_interval_s=self.settings.storage_write_interval_s
-        )
-        self.recorder = StoreRecorder(self.store.writer, self.settings.instance_id)
-        orphans = await self.store.close_orphaned_sessions(self.settings.instance_id)
-        if orphans:
-            log.warning("closed %d sessions left open by a previous run that did not shut down", orphans)
-        if self.store.fresh and self.settings.load_example_flows:
-            for document in example_flows():
-                await self.store.save_flow(document["id"], document["name"], document)
-
-    async def close_store(self) -> None:
-        if self.store is not None:
-            await self.store.close()  # flushes every queued write: a normal shutdown loses no turn
-
-
-def _state(request: Request) -> AppState:
-    return request.app.state.voxgate  # type: ignore[no-any-return]
-
-
-async def live(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
-async def ready(request: Request) -> Response:
-    state = _state(request)
-    if state.ready.is_set():
-        return JSONResponse({"status": "ready"})
-    if state.load_error:
-        return JSONResponse({"status": "failed", "detail": state.load_error}, status_code=503)
-    return JSONResponse({"status": "loading"}, status_code=503)
-
-
-async def health(request: Request) -> Response:
-    state = _state(request)
-    rt = state.runtime
-    body: dict[str, Any] = {
-        "status": "ok" if state.ready.is_set() else ("failed" if state.load_error else "loading"),
-        "model_loaded": state.ready.is_set(),
-        "device": rt.stt.capabilities.device if rt else None,
-        "version": VERSION,
-        "active_sessions": len(state.sessions.live),
-        "max_sessions": state.settings.max_sessions,
-    }
-    if rt is not None:
-        body["engines"] = {
-            "vad": type(rt.vad).__name__,
-            "stt": type(rt.stt).__name__,
-            "llm": type(rt.llm).__name__,
-            "tts": type(rt.tts).__name__,
-        }
-    return JSONResponse(body)
-
-
-async def metrics(request: Request) -> Response:
-    state = _state(request)
-    rt = state.runtime
-    if rt is None:
-        return Response(b"", media_type=CONTENT_TYPE_LATEST)
-    live_sessions = list(state.sessions.live.values())
-    m = rt.metrics
-    totals: dict[str, float] = {}
-    for session in live_sessions:
-        for name, depth in session.queue_depths().items():
-            totals[name] = totals.get(name, 0.0) + depth
-    for name in ("input_backlog_seconds", "outbox", "pacer_ms", "response_stage"):
-        m.queue_depth.labels(name).set(totals.get(name, 0.0))
-    for worker in rt.workers():
-        m.queue_depth.labels(f"engine_{worker.name}").set(worker.pending)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-async def list_voices(request: Request) -> Response:
-    rt = _state(request).runtime
-    if rt is None:
-        raise HTTPException(503, "models are still loading")
-    voices = [
-        {
-            "id": v.id,
-            "engine": v.engine,
-            "language": v.language,
-            "sample_rate": v.sample_rate,
-            "licence": v.licence,
-        }
-        for v in rt.tts.voices()
+def all_routes() -> list[BaseRoute]:
+    """Every module's routes: the API, the transports, each telephony provider's, then the pages."""
+    return [
+        *service_api.routes,
+        *sessions_api.routes,
+        *flows_api.routes,
+        *calls_api.routes,
+        *ws_voice.routes,
+        *webrtc.routes,
+        *telephony.routes(),
+        *service_api.pages,
     ]
-    return JSONResponse({"voices": voices})
-
-
-async def index(request: Request) -> Response:
-    if "application/json" in request.headers.get("accept", ""):
-        state = _state(request)
-        return JSONResponse(
-            {
-                "name": "voxgate",
-                "version": VERSION,
-                "ready": state.ready.is_set(),
-                "endpoints": {"voice": "/v1/voice", "health": "/health", "metrics": "/metrics"},
-            }
-        )
-    return FileResponse(STATIC / "index.html")
-
-
-async def flows_page(request: Request) -> Response:
-    return FileResponse(STATIC / "flows.html")
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -186,7 +54,8 @@ async def server_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Starlette:
     """Build the app. Without ``runtime`` the engines load in a thread at start-up (see /health/ready)."""
     settings = settings or Settings()
-    state = AppState(settings, runtime)
+    state = AppState(settings, runtime, telephony.PROVIDERS)
+    webrtc.configure(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -217,35 +86,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             if state.ready.is_set():  # this app froze the heap at start-up
                 _HEAP.release()
 
-    routes = [
-        Route("/", index),
-        Route("/health/live", live),
-        Route("/health/ready", ready),
-        Route("/health", health),
-        Route("/metrics", metrics),
-        Route("/v1/sessions", list_sessions),
-        Route("/v1/sessions/token", issue_session_token, methods=["POST"]),
-        Route("/v1/sessions/{session_id}", get_session),
-        Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
-        Route("/v1/voices", list_voices),
-        Route("/v1/flows", flows_api.list_flows),
-        Route("/v1/flows", flows_api.create_flow, methods=["POST"]),
-        Route("/v1/flows/schema", flows_api.flow_schema),
-        Route("/v1/flows/validate", flows_api.validate_flow_document, methods=["POST"]),
-        Route("/v1/flows/generate", flows_api.generate_flow, methods=["POST"]),
-        Route("/v1/flows/{flow_id}", flows_api.get_flow),
-        Route("/v1/flows/{flow_id}", flows_api.update_flow, methods=["PUT"]),
-        Route("/v1/flows/{flow_id}", flows_api.delete_flow, methods=["DELETE"]),
-        Route("/v1/flows/{flow_id}/versions", flows_api.flow_versions),
-        WebSocketRoute("/v1/voice", voice_endpoint),
-        *calls_api.routes,
-        Route("/v1/webrtc/offer", webrtc_offer, methods=["POST"]),
-        Route("/flows", flows_page),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
-        *telephony.routes(),
-    ]
     app = Starlette(
-        routes=routes,
+        routes=all_routes(),
         lifespan=lifespan,
         middleware=edge_middleware(settings, state.auth),
         exception_handlers={HTTPException: http_error, Exception: server_error},

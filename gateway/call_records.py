@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.records import recording_row
+from gateway.state import AppState
 from pipeline.recording import write_stereo_call
 from pipeline.session import Session
 
@@ -18,7 +19,7 @@ CALL_WAV = "call.wav"
 TRANSCRIPT = "transcript.json"
 
 
-async def save_call_recording(state: Any, session: Session, call_sid: str) -> None:
+async def save_call_recording(state: AppState, session: Session, call_sid: str) -> None:
     """Write ``call.wav`` and ``transcript.json`` beside the session's tracks and store where they are.
 
     Runs after the session closed (its tracks are complete, whether the call ended with ``stop`` or the socket

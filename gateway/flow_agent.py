@@ -16,6 +16,7 @@ from flows.runner import CompleteFn, FlowRunner
 from flows.schema import SLUG, Flow
 from flows.validate import load_flow_off_loop
 from gateway.flow_llm import engine_complete
+from gateway.state import AppState
 from pipeline.response import Response, new_id
 from pipeline.session import Session, TurnRecord
 
@@ -191,7 +192,7 @@ def parse_flow_version(version: str | None) -> int | None:
     return int(version)
 
 
-async def load_stored_flow(state: Any, flow_id: str, version: str | None = None) -> Flow:
+async def load_stored_flow(state: AppState, flow_id: str, version: str | None = None) -> Flow:
     """The stored flow (latest or a given version), validated against this server's secrets now.
 
     Raises only :class:`FlowNotAvailable`, with a stable code the transports send as an ``error`` event.
@@ -219,7 +220,7 @@ async def load_stored_flow(state: Any, flow_id: str, version: str | None = None)
         raise FlowNotAvailable("invalid_flow", str(exc)) from exc
 
 
-def attach_flow(session: Session, state: Any, flow: Flow, call: CallControl | None = None) -> FlowAgent:
+def attach_flow(session: Session, state: AppState, flow: Flow, call: CallControl | None = None) -> FlowAgent:
     """Make ``flow`` the session's agent (before ``session.start()``)."""
     agent = FlowAgent(
         session,

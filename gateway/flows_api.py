@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from flows import FlowValidationError, draft_flow, flow_json_schema, load_flow
 from flows.schema import SLUG, Flow
@@ -199,3 +200,16 @@ async def generate_flow(request: Request) -> Response:
             "issues": [i.to_dict() for i in result.issues],
         }
     )
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/flows", list_flows),
+    Route("/v1/flows", create_flow, methods=["POST"]),
+    Route("/v1/flows/schema", flow_schema),
+    Route("/v1/flows/validate", validate_flow_document, methods=["POST"]),
+    Route("/v1/flows/generate", generate_flow, methods=["POST"]),
+    Route("/v1/flows/{flow_id}", get_flow),
+    Route("/v1/flows/{flow_id}", update_flow, methods=["PUT"]),
+    Route("/v1/flows/{flow_id}", delete_flow, methods=["DELETE"]),
+    Route("/v1/flows/{flow_id}/versions", flow_versions),
+]

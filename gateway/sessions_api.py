@@ -10,8 +10,10 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from gateway.api_common import app_state, require_store, unprocessable, validation_detail
+from gateway.auth import issue_session_token
 from pipeline.session import Session
 from storage.store import BadCursor, SessionQuery
 
@@ -86,3 +88,11 @@ def _live_summary(session: Any) -> dict[str, Any]:
     snapshot = session.snapshot()
     snapshot.pop("turns", None)
     return snapshot
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/sessions", list_sessions),
+    Route("/v1/sessions/token", issue_session_token, methods=["POST"]),
+    Route("/v1/sessions/{session_id}", get_session),
+    Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
+]

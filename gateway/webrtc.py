@@ -24,11 +24,13 @@ from aiortc.mediastreams import MediaStreamError
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from gateway.api_common import app_state, parse_body, unprocessable
 from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.protocol import clip
-from gateway.settings import session_config
+from gateway.settings import Settings, session_config
+from gateway.state import AppState
 from gateway.ws_voice import apply_session_update, handle_text
 from pipeline.outbox import OutAudio
 from pipeline.session import Session, SessionError
@@ -108,7 +110,7 @@ class WebRtcCall:
     negotiation is undone with ``discard``. After ``start``, ``end`` releases everything exactly once.
     """
 
-    def __init__(self, state: Any, session: Session, pc: RTCPeerConnection) -> None:
+    def __init__(self, state: AppState, session: Session, pc: RTCPeerConnection) -> None:
         self.state = state
         self.session = session
         self.pc = pc
@@ -232,6 +234,14 @@ class WebRtcCall:
         self.state.runtime.metrics.active_sessions.labels("webrtc").dec()
 
 
+def configure(settings: Settings) -> None:
+    """Process-wide aiortc set-up from the settings, once per app."""
+    if settings.webrtc_host_addresses:
+        restrict_ice_host_addresses(
+            [a.strip() for a in settings.webrtc_host_addresses.split(",") if a.strip()]
+        )
+
+
 def restrict_ice_host_addresses(addresses: list[str]) -> None:
     """Offer only these host candidates (aioice leaves 127.0.0.1 out; tests and single-host setups need it)."""
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
@@ -271,7 +281,7 @@ async def webrtc_offer(request: Request) -> Response:
     return await _admit(state, call)
 
 
-def _new_call(state: Any, request: Request, body: OfferRequest, flow: Any) -> WebRtcCall:
+def _new_call(state: AppState, request: Request, body: OfferRequest, flow: Any) -> WebRtcCall:
     """A session and its peer connection, not yet negotiated; raises SessionError for an unknown voice."""
     settings = state.settings
     config = session_config(
@@ -298,12 +308,12 @@ async def _negotiate(call: WebRtcCall, body: OfferRequest) -> str | None:
     return None
 
 
-async def _abandon(state: Any, call: WebRtcCall) -> None:
+async def _abandon(state: AppState, call: WebRtcCall) -> None:
     state.sessions.cancel_reservation()
     await call.discard()
 
 
-async def _admit(state: Any, call: WebRtcCall) -> Response:
+async def _admit(state: AppState, call: WebRtcCall) -> Response:
     """Count, store and start a negotiated call; the answer SDP for the client."""
     session = call.session
     state.sessions.add(session)
@@ -324,3 +334,6 @@ def _voice_update(voice: str) -> Any:
     from gateway.protocol import SessionUpdate
 
     return SessionUpdate.model_validate({"type": "session.update", "session": {"voice": voice}})
+
+
+routes: list[BaseRoute] = [Route("/v1/webrtc/offer", webrtc_offer, methods=["POST"])]

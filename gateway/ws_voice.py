@@ -8,6 +8,7 @@ import json
 import logging
 from typing import Any
 
+from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
@@ -26,6 +27,7 @@ from gateway.protocol import (
     quote,
 )
 from gateway.settings import session_config
+from gateway.state import AppState
 from pipeline.outbox import OutAudio
 from pipeline.session import Session, SessionError
 
@@ -93,7 +95,7 @@ async def voice_endpoint(ws: WebSocket) -> None:
         state.sessions.remove(session)
 
 
-async def _open_session(ws: WebSocket, state: Any) -> Session:
+async def _open_session(ws: WebSocket, state: AppState) -> Session:
     """Check the request and admit a session (added to ``state.sessions``); raises Refusal."""
     if not state.auth.allows_websocket(ws):
         raise Refusal("unauthorized", "missing or wrong API key", CLOSE_POLICY)
@@ -127,7 +129,7 @@ async def _open_session(ws: WebSocket, state: Any) -> Session:
     return session
 
 
-async def _load_flow(state: Any, params: Any) -> Any:
+async def _load_flow(state: AppState, params: Any) -> Any:
     try:
         flow_id, version = flow_request(params)
         if flow_id is None:
@@ -288,3 +290,6 @@ def apply_session_update(session: Session, event: SessionUpdate) -> None:
         output_rate=fields.output_sample_rate,
         vad=fields.vad.model_dump(exclude_none=True) if fields.vad else None,
     )
+
+
+routes: list[BaseRoute] = [WebSocketRoute("/v1/voice", voice_endpoint)]

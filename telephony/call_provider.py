@@ -9,12 +9,16 @@ the provider's `name`, which labels metrics, the session's transport and the sto
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from starlette.routing import BaseRoute
 from starlette.websockets import WebSocket
 
 from telephony.provider import MediaStreamProvider
+
+if TYPE_CHECKING:  # the app state sits above telephony; only its type is named here
+    from gateway.settings import Settings
+    from gateway.state import AppState
 
 
 @runtime_checkable
@@ -60,23 +64,27 @@ class TelephonyProvider(Protocol):
         """Every route the provider needs (webhooks, its media WebSocket), at their public paths."""
         ...
 
-    def start_timeout_s(self, settings: Any) -> float:
+    def create_state(self, settings: Settings) -> Any:
+        """This provider's state for one app (``AppState.providers[name]``): clients, checkers, owned calls."""
+        ...
+
+    def start_timeout_s(self, settings: Settings) -> float:
         """How long an accepted media socket may take to start its stream before it is closed."""
         ...
 
-    def check_socket(self, state: Any, ws: WebSocket) -> str | None:
+    def check_socket(self, state: AppState, ws: WebSocket) -> str | None:
         """Why this media socket upgrade must be refused (signature, routes off), or None to let it in."""
         ...
 
-    def call_control(self, state: Any, call_id: str) -> CallControl:
+    def call_control(self, state: AppState, call_id: str) -> CallControl:
         """Control of the live call `call_id` (from the stream's start)."""
         ...
 
-    def outbound_unavailable(self, state: Any) -> str | None:
+    def outbound_unavailable(self, state: AppState) -> str | None:
         """Why this gateway cannot place calls through the provider (settings missing), or None."""
         ...
 
-    async def place_call(self, state: Any, call: OutboundCall) -> str:
+    async def place_call(self, state: AppState, call: OutboundCall) -> str:
         """Place an outbound call whose media stream comes back to this gateway; returns the call id.
 
         Raises OutboundRefused; the call is owned (may be hung up or transferred) once this returns.

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -21,12 +21,16 @@ from gateway.call_records import save_call_recording
 from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.protocol import flow_request
 from gateway.settings import session_config
+from gateway.state import app_state
 from pipeline.outbox import OutAudio
 from pipeline.session import Session, SessionError
 from telephony.call_provider import TelephonyProvider
 from telephony.marks import MarkTracker
 from telephony.provider import DtmfDigit, MarkEchoed, MediaChunk, ProtocolError, StreamStarted, StreamStopped
 from telephony.stream_state import StreamState
+
+if TYPE_CHECKING:
+    from gateway.state import AppState
 
 log = logging.getLogger("voxgate.telephony")
 
@@ -51,7 +55,7 @@ class MediaStreamCall:
     its start yet still counts toward ``max_sessions``, and must send it within the provider's start timeout.
     """
 
-    def __init__(self, ws: WebSocket, state: Any, provider: TelephonyProvider) -> None:
+    def __init__(self, ws: WebSocket, state: AppState, provider: TelephonyProvider) -> None:
         self.ws = ws
         self.state = state
         self.provider = provider
@@ -300,7 +304,7 @@ class MediaStreamCall:
 
 async def serve_media_socket(ws: WebSocket, provider: TelephonyProvider) -> None:
     """A provider's media WebSocket endpoint: check the upgrade, hold a place, serve the call."""
-    state = ws.app.state.voxgate
+    state = app_state(ws)
     refusal = provider.check_socket(state, ws)
     if refusal is not None:
         log.warning("%s media socket refused: %s", provider.name, refusal)

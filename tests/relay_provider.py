@@ -122,6 +122,9 @@ class RelayProvider:
     def routes(self) -> list[BaseRoute]:
         return [WebSocketRoute(MEDIA_PATH, self._media_socket)]
 
+    def create_state(self, settings: Any) -> None:
+        return None  # Relay keeps nothing per app
+
     async def _media_socket(self, ws: WebSocket) -> None:
         await serve_media_socket(ws, self)
 

@@ -43,12 +43,12 @@ def twilio(server) -> Iterator[FakeTwilio]:  # type: ignore[no-untyped-def]
     settings.public_url = server.http
     settings.twilio_api_base_url = fake.url
     settings.twilio_number_flows = {"+15550001111": "phone-menu"}
-    saved, server.state.twilio = server.state.twilio, TwilioSetup(settings)
+    saved, server.state.providers["twilio"] = server.state.providers["twilio"], TwilioSetup(settings)
     saved_settings, server.state.settings = server.state.settings, settings
     try:
         yield fake
     finally:
-        server.state.twilio, server.state.settings = saved, saved_settings
+        server.state.providers["twilio"], server.state.settings = saved, saved_settings
         fake.close()
 
 

@@ -7,13 +7,18 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from telephony.twilio import twiml
 from telephony.twilio.rest import TwilioCalls
 from telephony.twilio.signatures import TwilioSignatureChecker
 
+if TYPE_CHECKING:
+    from gateway.state import AppState
+
 log = logging.getLogger("voxgate.twilio")
+
+PROVIDER_NAME = "twilio"
 
 SIGNATURE_HEADER = "x-twilio-signature"
 # A call this gateway answered or placed gets its media stream within seconds of the webhook (or of being
@@ -102,11 +107,17 @@ class TwilioSetup:
             )
 
 
+def twilio_state(state: AppState) -> TwilioSetup:
+    """This app's Twilio state, which the provider set up with the app (``AppState.providers``)."""
+    setup: TwilioSetup = state.providers[PROVIDER_NAME]
+    return setup
+
+
 def twilio_gate(
-    state: Any, path_and_query: str, headers: Mapping[str, str], form: Mapping[str, Any] | None
+    state: AppState, path_and_query: str, headers: Mapping[str, str], form: Mapping[str, Any] | None
 ) -> str | None:
     """Why this Twilio request must be refused (403), or None to let it in. Never logs the token."""
-    setup: TwilioSetup = state.twilio
+    setup = twilio_state(state)
     if not setup.enabled:
         return setup.why_disabled
     if setup.checker is None:
@@ -129,10 +140,10 @@ class TwilioCallControl:
     outlives its entry in ``OwnedCalls``); for any other call SID every action is refused and logged.
     """
 
-    def __init__(self, state: Any, call_sid: str) -> None:
+    def __init__(self, state: AppState, call_sid: str) -> None:
         self.state = state
         self.call_sid = call_sid
-        self.owned = call_sid in state.twilio.owned
+        self.owned = call_sid in twilio_state(state).owned
 
     async def transfer(self, target: str) -> None:
         calls = self._calls()
@@ -154,7 +165,7 @@ class TwilioCallControl:
                 "call %r: not answered or placed by this gateway; not controlling it", self.call_sid[:40]
             )
             return None
-        calls = self.state.twilio.calls
+        calls = twilio_state(self.state).calls
         if calls is None:
             log.error(
                 "call %r: no Twilio account SID configured; cannot control the call", self.call_sid[:40]

@@ -8,15 +8,14 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api_common import app_state
+from gateway.state import app_state
 from telephony.twilio import twiml
-from telephony.twilio.control import TwilioCallControl, twilio_gate
+from telephony.twilio.control import PROVIDER_NAME, TwilioCallControl, twilio_gate, twilio_state
 from telephony.twilio.signatures import public_ws_url
 
 log = logging.getLogger("voxgate.twilio")
 
 TWIML = "application/xml"
-PROVIDER_NAME = "twilio"
 VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/status"
 MEDIA_PATH = "/twilio/media"
@@ -50,7 +49,7 @@ async def incoming_call(request: Request) -> Response:
     if flow:
         parameters["flow"] = flow
     # Answered here: the call's media stream may now hang it up or transfer it (see OwnedCalls).
-    state.twilio.owned.add(form.get("CallSid", ""))
+    twilio_state(state).owned.add(form.get("CallSid", ""))
     return Response(twiml.connect_stream(media_url(request), parameters), media_type=TWIML)
 
 
