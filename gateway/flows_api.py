@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from flows import FlowValidationError, draft_flow, flow_json_schema, load_flow
 from flows.schema import SLUG, Flow
 from flows.validate import run_check
+from gateway.agent.llm import background_complete
 from gateway.api_common import (
     BadJson,
     app_state,
@@ -29,7 +30,6 @@ from gateway.api_common import (
     strict_json_loads,
     unprocessable,
 )
-from gateway.flow_llm import background_complete
 
 MAX_VERSION = 2**31 - 1  # the store's version column is a 32-bit integer
 DEFAULT_DRAFT_TOKENS = 900

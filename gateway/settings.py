@@ -18,7 +18,7 @@ from engines.base import EngineOptions
 from engines.registry import REGISTRY, ROLES, flat_option_names, lookup, resolve_options
 from pipeline.session import SessionConfig, VadConfig
 
-# How a JSON schema constraint is spelled for an LLM server (see gateway.flow_llm.schema_constraint).
+# How a JSON schema constraint is spelled for an LLM server (see gateway.agent.llm.schema_constraint).
 SchemaFormat = Literal["json_schema", "json_object", "guided_json"]
 
 

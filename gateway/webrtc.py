@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.agent.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.api_common import app_state, parse_body, unprocessable
-from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.protocol import clip
 from gateway.settings import Settings, session_config
 from gateway.state import AppState

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
+from gateway.agent.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.protocol import (
     InputAudioCommit,
     InputDtmf,

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from gateway.agent.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.call_records import save_call_recording
-from gateway.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.protocol import flow_request
 from gateway.settings import session_config
 from gateway.state import app_state

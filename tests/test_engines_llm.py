@@ -18,7 +18,7 @@ import pytest
 from engines.base import GenerationOptions, LLMEngine
 from engines.llm_llama import LlamaCppLLM
 from engines.llm_openai import LLMError, OpenAICompatibleLLM
-from gateway.flow_llm import schema_constraint
+from gateway.agent.llm import schema_constraint
 from tests.conftest import free_port
 from tests.llama_server import LlamaServer
 

@@ -29,7 +29,7 @@ from flows.http_tool import HttpTool
 from flows.logic import LogicError, evaluate
 from flows.schema import HttpNode
 from flows.templates import TemplateError, render, template_variables
-from gateway.flow_agent import FlowNotAvailable, load_stored_flow
+from gateway.agent.flow_agent import FlowNotAvailable, load_stored_flow
 from gateway.settings import Settings
 from tests.flows_helpers import flow, make_runner
 from tests.looplag import LoopWatch

@@ -15,7 +15,7 @@ from flows.http_tool import HttpTool
 from flows.runner import CompleteFn, FlowRunner
 from flows.schema import SLUG, Flow
 from flows.validate import load_flow_off_loop
-from gateway.flow_llm import engine_complete
+from gateway.agent.llm import engine_complete
 from gateway.state import AppState
 from pipeline.response import Response, new_id
 from pipeline.session import Session, TurnRecord
