@@ -41,7 +41,7 @@ class AnswerOwner(Protocol):
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
 
-    def turn_changed(self, turn: TurnRecord) -> None:
+    def record(self, turn: TurnRecord) -> None:
         """The turn's record changed (storage listens)."""
 
     def answer_finished(self, answer: Answer) -> None:
@@ -179,6 +179,10 @@ class Answer:
             fields["resumed_from"] = self.response.resumed_from
         return fields
 
+    def ack(self, played_ms: float) -> None:
+        """The client says it has played ``played_ms`` of this answer."""
+        self.response.acked_ms = max(self.response.acked_ms or 0.0, float(played_ms))
+
     def stage_depth(self) -> int:
         return max(self.chain.depths(), default=0)
 
@@ -252,8 +256,37 @@ class Answer:
         self.turn.response_text = text
         if text:
             self.owner.conversation.add_answer(response, text)
-        self.owner.turn_changed(self.turn)
+        self.owner.record(self.turn)
         await self.destination.event({"type": "response.text.done", "response_id": self.id, "text": text})
+
+    # -- a barge-in -----------------------------------------------------------------------------------------
+
+    def stop_at(self, played_estimate_ms: float) -> float:
+        """Cut off: how much the caller heard (the client's ack when it sent one, else ``played_estimate_ms``)."""
+        response = self.response
+        played = response.acked_ms if response.acked_ms is not None else played_estimate_ms
+        response.acked_ms = played = min(played, response.audio_ms)
+        response.interrupted = True
+        return played
+
+    async def report_cut(self, reason: str, played_ms: float) -> None:
+        """After :meth:`stop_at` and :meth:`cancel`: the turn's record and the history keep what was heard."""
+        response, turn, owner = self.response, self.turn, self.owner
+        heard = response.heard_text(played_ms)
+        turn.heard_text, turn.interrupted = heard, True
+        turn.response_text = response.full_text()
+        owner.record(turn)
+        owner.conversation.record_heard(response, heard)
+        owner.rt.metrics.interruptions.labels(reason).inc()
+        await self.destination.event(
+            {
+                "type": "response.interrupted",
+                "response_id": self.id,
+                "played_ms": round(played_ms),
+                "heard_text": heard,
+                "reason": reason,
+            }
+        )
 
     # -- release accounting ---------------------------------------------------------------------------------
 
@@ -294,7 +327,7 @@ class Answer:
             return
         response.audio_done_sent = True
         self.turn.heard_text = response.full_text()
-        self.owner.turn_changed(self.turn)
+        self.owner.record(self.turn)
         self.owner.spawn(self._finish_audio())
 
     async def _finish_audio(self) -> None:

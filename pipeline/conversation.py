@@ -91,3 +91,13 @@ class Conversation:
         while window and window[0]["role"] == "assistant":
             window = window[1:]  # chat templates expect the conversation to open with the user
         return [system, *window]
+
+    def resume_context(self, response: Response) -> list[Message]:
+        """The LLM's context for picking a falsely interrupted ``response`` up again: the cut answer leaves
+        the history, and an unfinished one is continued from what it had generated (an assistant prefix)."""
+        if response.history_entry is not None:
+            self.drop(response.history_entry)
+        messages = self.context()
+        if not response.llm_done:
+            messages.append({"role": "assistant", "content": response.generated, "prefix": True})
+        return messages

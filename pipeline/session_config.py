@@ -1,8 +1,14 @@
-"""A session's settings (from the service settings and what the client asked for) and its client error."""
+"""A session's settings (from the service settings and what the client asked for), its client error, and
+what it tells storage."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from pipeline.conversation import TurnRecord
+    from pipeline.session import Session
 
 
 class SessionError(Exception):
@@ -46,3 +52,9 @@ class SessionConfig:
     transport: str = "websocket"
     recording_dir: str | None = None  # when set, caller and agent audio go to <dir>/<session id>/*.wav
     max_outbox_bytes: int = 4 << 20  # what a slow client may be owed before the session waits for it
+
+
+class SessionRecorder(Protocol):
+    """Told whenever a session or one of its turns changed (storage listens; it must not block)."""
+
+    def changed(self, session: Session, turn: TurnRecord | None = None) -> None: ...
