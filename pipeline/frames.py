@@ -1,7 +1,9 @@
-"""The frames that travel through a session's processors.
+"""The frames that travel through an answer's chain (LLM text -> clauses -> speech).
 
-Frames are plain dataclasses. Audio inside the pipeline is always mono int16 PCM bytes; input audio is at
-16 kHz (the models' rate), agent audio at the TTS engine's rate until the pacer converts it for the wire.
+Frames are plain dataclasses. Audio inside the pipeline is always mono int16 PCM bytes. Agent audio is at the
+TTS engine's rate until the answer's wire encoder converts it for the caller. (Caller audio never travels as
+frames: the listener keeps it at the VAD's rate, the wire rate itself for 8 kHz phone calls, and resamples
+each utterance to 16 kHz for STT.)
 """
 
 from __future__ import annotations
@@ -19,48 +21,6 @@ class Frame:
     """Base of every frame; ``created`` is a monotonic timestamp used for latency metrics."""
 
     created: float = field(default_factory=_now, kw_only=True)
-
-
-# -- caller side ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class InputAudio(Frame):
-    """Caller audio, 16 kHz mono PCM16."""
-
-    pcm: bytes
-
-
-@dataclass
-class SpeechStarted(Frame):
-    """The VAD heard the caller start speaking."""
-
-
-@dataclass
-class SpeechStopped(Frame):
-    """The VAD heard silence begin after speech (the turn may still continue)."""
-
-
-@dataclass
-class TranscriptPartial(Frame):
-    text: str
-
-
-@dataclass
-class TranscriptFinal(Frame):
-    """A finished user turn: from speech (``source='voice'``) or typed (``'text'``)."""
-
-    turn_id: str
-    text: str
-    source: str = "voice"
-
-
-@dataclass
-class DTMF(Frame):
-    digit: str
-
-
-# -- agent side ----------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -95,26 +55,3 @@ class EndOfResponse(Frame):
     """No more frames will follow for this response from the stage that sent it."""
 
     response_id: str
-
-
-@dataclass
-class Interruption(Frame):
-    """Travels ahead of data: everything behind it for ``response_id`` is stale."""
-
-    response_id: str
-
-
-# -- control -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ErrorFrame(Frame):
-    code: str
-    message: str
-
-
-@dataclass
-class Control(Frame):
-    """Session control: ``start``, ``stop`` or ``cancel``."""
-
-    action: str

@@ -24,11 +24,12 @@ class TurnEvent:
 
 
 class TurnDetector:
-    """A small state machine over 32 ms chunks of 16 kHz PCM16 and their speech probabilities.
+    """A small state machine over 32 ms chunks of PCM16 and their speech probabilities.
 
     ``paused`` fires at the first silent chunk after speech, so STT can start while the hangover runs;
     ``resumed`` says that guess was wrong. ``interrupt`` fires once per utterance when speech has lasted
     ``min_interrupt_ms``; ``ended`` carries the utterance audio after ``end_of_turn_ms`` of silence.
+    Chunks are at the VAD's rate: 16 kHz, or 8 kHz for phone calls (the VAD scores those natively).
     """
 
     def __init__(
