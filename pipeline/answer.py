@@ -146,7 +146,7 @@ class Answer:
         self._wire = WireEncoder(rt.tts.sample_rate, config.output_rate, config.output_encoding)
         # On hold only the first clause is synthesized ahead; the rest waits for the commit.
         self._live = asyncio.Event()
-        if isinstance(destination, LiveDestination):
+        if not isinstance(destination, HoldBuffer):
             self._live.set()
         options = GenerationOptions(max_tokens=config.max_tokens, temperature=config.temperature)
         source = llm_source(
