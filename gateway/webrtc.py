@@ -2,7 +2,7 @@
 
 The caller's track (Opus, 48 kHz) is decoded to PCM16 and pushed into the session like WebSocket audio. The
 agent's audio leaves through :class:`AgentTrack`, which hands aiortc one 20 ms frame per 20 ms of real time
-from a small bounded buffer the session's pacer fills, and drops that buffer on ``response.interrupted``.
+from a small bounded buffer the session's pacer fills, and drops that buffer on a barge-in's ``Flush``.
 The data channel named ``events`` carries the WebSocket protocol's JSON events both ways.
 """
 
@@ -32,7 +32,8 @@ from gateway.protocol import clip
 from gateway.settings import Settings, session_config
 from gateway.state import AppState
 from gateway.ws_voice import apply_session_update, handle_text
-from pipeline.outbox import OutAudio
+from pipeline.events import ServerEvent
+from pipeline.outbox import Flush, OutAudio
 from pipeline.session import Session, SessionError
 
 log = logging.getLogger("voxgate.webrtc")
@@ -201,17 +202,17 @@ class WebRtcCall:
                 return
             if isinstance(item, OutAudio):
                 await self.track.push(item.payload)
-                continue
-            if item.get("type") == "response.interrupted":
+            elif isinstance(item, Flush):
                 self.track.flush()
-            await self._send_event(item)
+            else:
+                await self._send_event(item)
 
-    async def _send_event(self, event: dict[str, Any]) -> None:
+    async def _send_event(self, event: ServerEvent) -> None:
         # Events wait for the channel (the client opens it with the offer; it is usually there at once).
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._channel_open.wait(), timeout=10)
         if self.channel is not None and self.channel.readyState == "open":
-            self.channel.send(json.dumps(event))
+            self.channel.send(json.dumps(event.to_wire()))
 
     async def _watch(self) -> None:
         await self.session.closed.wait()

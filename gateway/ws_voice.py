@@ -28,6 +28,7 @@ from gateway.protocol import (
 )
 from gateway.settings import session_config
 from gateway.state import AppState
+from pipeline.events import ErrorEvent, ServerEvent, SessionUpdated
 from pipeline.outbox import OutAudio
 from pipeline.session import Session, SessionError
 
@@ -55,7 +56,7 @@ class Refusal(Exception):
 async def _refuse(ws: WebSocket, code: str, message: str, close_code: int) -> None:
     # The client may already be gone; a refusal must not turn into an unhandled error of its own.
     with contextlib.suppress(Exception):
-        await ws.send_text(json.dumps({"type": "error", "code": code, "message": clip(message, 300)}))
+        await ws.send_text(json.dumps(ErrorEvent(code, clip(message, 300)).to_wire()))
         await ws.close(close_code, reason=close_reason(message))
 
 
@@ -190,8 +191,9 @@ async def _write_loop(ws: WebSocket, session: Session) -> None:
             return
         if isinstance(item, OutAudio):
             await ws.send_bytes(item.payload)
-        else:
-            await ws.send_text(json.dumps(item))
+        elif isinstance(item, ServerEvent):
+            await ws.send_text(json.dumps(item.to_wire()))
+        # A Flush needs nothing here: clients drop their buffered audio on response.interrupted.
 
 
 async def _read_loop(ws: WebSocket, session: Session, max_bytes: int) -> str:
@@ -268,7 +270,7 @@ async def dispatch_client_event(session: Session, event: Any) -> str | None:
         await session.cancel_response()
     elif isinstance(event, SessionUpdate):
         apply_session_update(session, event)
-        await session.emit("session.updated", session=event.session.model_dump(exclude_none=True))
+        await session.emit(SessionUpdated(event.session.model_dump(exclude_none=True)))
     elif isinstance(event, SessionClose):
         return "close"
     return None

@@ -18,6 +18,15 @@ from typing import Any, Protocol
 from engines.base import GenerationOptions
 from pipeline.codec import WireEncoder
 from pipeline.conversation import Conversation, Message, TurnRecord
+from pipeline.events import (
+    Metrics,
+    ResponseAudioDone,
+    ResponseInterrupted,
+    ResponseStarted,
+    ResponseTextDelta,
+    ResponseTextDone,
+    ServerEvent,
+)
 from pipeline.frames import EndOfResponse, Frame, TTSAudio
 from pipeline.outbox import Outbox
 from pipeline.pacer import OutputPacer
@@ -57,7 +66,7 @@ class AnswerOwner(Protocol):
 class Destination(Protocol):
     """Where an answer's output goes: the caller, or a buffer while the answer is on hold."""
 
-    async def event(self, event: dict[str, Any]) -> None: ...
+    async def event(self, event: ServerEvent) -> None: ...
 
     def audio(self, answer: Answer, frames: list[bytes], last: bool) -> None:
         """Wire frames; ``last`` when the answer's audio is complete."""
@@ -75,7 +84,7 @@ class LiveDestination:
         self.outbox = outbox
         self.pacer = pacer
 
-    async def event(self, event: dict[str, Any]) -> None:
+    async def event(self, event: ServerEvent) -> None:
         await self.outbox.put_event(event)
 
     def audio(self, answer: Answer, frames: list[bytes], last: bool) -> None:
@@ -94,11 +103,11 @@ class HoldBuffer:
     """Keeps what a held answer produces until it is committed (replayed in order) or dropped (never seen)."""
 
     def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
+        self.events: list[ServerEvent] = []
         self.frames: list[bytes] = []
         self.text_done_seen = False
 
-    async def event(self, event: dict[str, Any]) -> None:
+    async def event(self, event: ServerEvent) -> None:
         self.events.append(event)
 
     def audio(self, answer: Answer, frames: list[bytes], last: bool) -> None:
@@ -173,11 +182,8 @@ class Answer:
     def start(self) -> None:
         self.task = asyncio.create_task(self._run())
 
-    def started_event(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {"response_id": self.id, "turn_id": self.turn.turn_id}
-        if self.response.resumed_from is not None:
-            fields["resumed_from"] = self.response.resumed_from
-        return fields
+    def started_event(self) -> ResponseStarted:
+        return ResponseStarted(self.id, self.turn.turn_id, self.response.resumed_from)
 
     def ack(self, played_ms: float) -> None:
         """The client says it has played ``played_ms`` of this answer."""
@@ -222,7 +228,7 @@ class Answer:
     # -- the chain's ends -----------------------------------------------------------------------------------
 
     async def _on_delta(self, delta: str) -> None:
-        await self.destination.event({"type": "response.text.delta", "response_id": self.id, "delta": delta})
+        await self.destination.event(ResponseTextDelta(self.id, delta))
 
     async def _on_llm_done(self) -> None:
         await self.destination.text_done(self)
@@ -257,7 +263,7 @@ class Answer:
         if text:
             self.owner.conversation.add_answer(response, text)
         self.owner.record(self.turn)
-        await self.destination.event({"type": "response.text.done", "response_id": self.id, "text": text})
+        await self.destination.event(ResponseTextDone(self.id, text))
 
     # -- a barge-in -----------------------------------------------------------------------------------------
 
@@ -278,15 +284,7 @@ class Answer:
         owner.record(turn)
         owner.conversation.record_heard(response, heard)
         owner.rt.metrics.interruptions.labels(reason).inc()
-        await self.destination.event(
-            {
-                "type": "response.interrupted",
-                "response_id": self.id,
-                "played_ms": round(played_ms),
-                "heard_text": heard,
-                "reason": reason,
-            }
-        )
+        await self.destination.event(ResponseInterrupted(self.id, round(played_ms), heard, reason))
 
     # -- release accounting ---------------------------------------------------------------------------------
 
@@ -301,7 +299,7 @@ class Answer:
             for stage, value in timings.items():
                 if stage != "stt_ms":  # already observed when the transcription finished
                     self.owner.rt.metrics.observe_ms(stage.removesuffix("_ms"), value)
-            event = {"type": "metrics", "turn_id": turn.turn_id, "response_id": self.id, **timings}
+            event = Metrics(turn.turn_id, self.id, **timings)
             self.owner.spawn(self.destination.event(event))
         self.check_audio_done()
 
@@ -333,9 +331,7 @@ class Answer:
     async def _finish_audio(self) -> None:
         # The last frame left; the caller finishes hearing it lead_ms later, and only then may speak freely.
         response = self.response
-        await self.destination.event(
-            {"type": "response.audio.done", "response_id": self.id, "audio_ms": round(response.audio_ms)}
-        )
+        await self.destination.event(ResponseAudioDone(self.id, round(response.audio_ms)))
         await asyncio.sleep(self.owner.pacer.ahead_ms() / 1000)
         self.owner.answer_finished(self)
         response.finished.set()

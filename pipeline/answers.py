@@ -50,7 +50,7 @@ class Answers:
     async def _go_live(self, answer: Answer) -> None:
         self.current = answer
         answer.turn.response_id = answer.id
-        await self.live.event({"type": "response.started", **answer.started_event()})
+        await self.live.event(answer.started_event())
 
     def take_held(self) -> Answer | None:
         held, self.held = self.held, None

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from engines.base import VADEngine
 from pipeline.audio import pcm16_to_float, resample
 from pipeline.codec import InputBacklog, InputDecoder
+from pipeline.events import ServerEvent, TranscriptPartial
 from pipeline.recording import SessionRecording
 from pipeline.runtime import Runtime
 from pipeline.session_config import SessionConfig
@@ -53,7 +54,7 @@ class ListenerHooks(Protocol):
     async def on_turn_end(self, audio: bytes) -> None:
         """The silence lasted ``end_of_turn_ms``: the utterance is over."""
 
-    async def emit(self, type_: str, **fields: Any) -> None: ...
+    async def emit(self, event: ServerEvent) -> None: ...
 
     async def error(self, code: str, message: str) -> None: ...
 
@@ -228,7 +229,7 @@ class Listener:
             log.exception("partial transcription failed")
             return
         if text and self.detector.in_speech:
-            await self.hooks.emit("transcript.partial", text=text)
+            await self.hooks.emit(TranscriptPartial(text))
 
     def close(self) -> None:
         """Stop transcribing (the input loop is the session's task to cancel)."""

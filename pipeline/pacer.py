@@ -77,8 +77,9 @@ class OutputPacer:
                 pass
 
     def flush(self) -> int:
-        """Drop everything not yet released, and purge what waits in the outbox. Returns frames dropped."""
-        dropped = len(self._frames) + self.outbox.purge_audio()
+        """Drop everything not yet released, purge what waits in the outbox and tell the transport to drop what
+        it buffered (:class:`~pipeline.outbox.Flush`). Returns frames dropped."""
+        dropped = len(self._frames) + self.outbox.flush()
         # Clients drop buffered agent audio on an interruption, so what was released but not yet played
         # never will be: count only what played, then restart the playback clock.
         for response_id in self.released_ms:

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pipeline import events
 from pipeline.agent_steps import AgentSteps, TurnAgent
 from pipeline.answer import Answer
 from pipeline.answers import Answers
@@ -83,11 +84,13 @@ class Session:
             asyncio.create_task(self.listener.run(), name=f"{self.id}-input"),
             asyncio.create_task(self._idle_watchdog(), name=f"{self.id}-idle"),
         ]
+        config = self.config
         await self.emit(
-            "session.created",
-            session_id=self.id,
-            input_audio={"sample_rate": self.config.input_rate, "encoding": self.config.input_encoding},
-            output_audio={"sample_rate": self.config.output_rate, "encoding": self.config.output_encoding},
+            events.SessionCreated(
+                self.id,
+                events.AudioFormat(config.input_rate, config.input_encoding),
+                events.AudioFormat(config.output_rate, config.output_encoding),
+            )
         )
         if self.agent is not None:
             self.agent_step(self.agent.start())
@@ -114,16 +117,17 @@ class Session:
         for turn in self.turns:
             self.record(turn)
         self.record()
-        await self.emit("session.closed", reason=reason)
+        await self.emit(events.SessionClosed(reason))
         await self.outbox.close()
 
-    async def emit(self, type_: str, **fields: Any) -> None:
-        if type_ == "error":
-            self.rt.metrics.errors.labels(fields.get("code", "unknown")).inc()
-        await self.outbox.put_event({"type": type_, **fields})
+    async def emit(self, event: events.ServerEvent) -> None:
+        """Send ``event`` to the client, after whatever was sent before it."""
+        if isinstance(event, events.ErrorEvent):
+            self.rt.metrics.errors.labels(event.code).inc()
+        await self.outbox.put_event(event)
 
     async def error(self, code: str, message: str) -> None:
-        await self.emit("error", code=code, message=message)
+        await self.emit(events.ErrorEvent(code, message))
 
     async def _idle_watchdog(self) -> None:
         while True:
@@ -155,7 +159,7 @@ class Session:
         await self.answers.interrupt("typed", resumable=False)
         self.answers.resumable = None
         turn = TurnRecord(new_id("turn"), "text", text)
-        await self.emit("transcript.final", turn_id=turn.turn_id, text=text, source="text")
+        await self.emit(events.TranscriptFinal(turn.turn_id, text, "text"))
         await self._begin_turn(turn)
 
     async def commit_input(self) -> None:
@@ -166,7 +170,7 @@ class Session:
     async def dtmf(self, digit: str) -> None:
         self.last_activity = time.monotonic()
         self.dtmf_digits.append(digit)
-        await self.emit("dtmf.received", digit=digit)
+        await self.emit(events.DtmfReceived(digit))
         if self.agent is not None:
             self.agent.caller_active()
             self.agent_step(self.agent.dtmf(digit))
@@ -213,7 +217,7 @@ class Session:
         self._overlapped_agent = self._agent_speaking()
         if self.agent is not None:
             self.agent.caller_active()
-        await self.emit("speech.started")
+        await self.emit(events.SpeechStarted())
 
     async def on_interrupt(self) -> None:
         if self._agent_speaking():
@@ -221,14 +225,14 @@ class Session:
             await self.answers.interrupt("barge_in", resumable=True)
 
     async def on_paused(self, audio: bytes) -> None:
-        await self.emit("speech.stopped")
+        await self.emit(events.SpeechStopped())
         await self._cancel_speculation()
         if not (self._overlapped_agent and self._agent_speaking()):
             self.listener.transcribe_early(audio)
 
     async def on_speech_resumed(self) -> None:
         await self._cancel_speculation()  # the caller went on: that guess at the turn is stale
-        await self.emit("speech.started")
+        await self.emit(events.SpeechStarted())
 
     async def on_early_transcript(self, text: str, speech_end: float) -> None:
         """Start the answer on hold while the end-of-turn silence runs.
@@ -268,13 +272,13 @@ class Session:
             return
         self.answers.resumable = None
         if held is not None and held.turn.user_text == text:
-            await self.emit("transcript.final", turn_id=held.turn.turn_id, text=text, source="voice")
+            await self.emit(events.TranscriptFinal(held.turn.turn_id, text, "voice"))
             await self._commit_held(held)
             return
         await self.answers.drop(held)
         turn = TurnRecord(new_id("turn"), "voice", text)
         turn.timings["stt_ms"] = self.listener.stt_ms
-        await self.emit("transcript.final", turn_id=turn.turn_id, text=text, source="voice")
+        await self.emit(events.TranscriptFinal(turn.turn_id, text, "voice"))
         await self._begin_turn(turn, speech_end=self.listener.speech_end)
 
     async def _cancel_speculation(self) -> None:

@@ -22,7 +22,8 @@ from gateway.call_records import save_call_recording
 from gateway.protocol import flow_request
 from gateway.settings import session_config
 from gateway.state import app_state
-from pipeline.outbox import OutAudio
+from pipeline.events import ResponseAudioDone
+from pipeline.outbox import Flush, OutAudio
 from pipeline.session import Session, SessionError
 from telephony.call_provider import TelephonyProvider
 from telephony.marks import MarkTracker
@@ -252,12 +253,12 @@ class MediaStreamCall:
                 self._unmarked_ms += item.ms
                 if self._unmarked_ms >= MARK_EVERY_MS:
                     await self._send_mark(item.response_id)
-            elif item.get("type") == "response.interrupted":
+            elif isinstance(item, Flush):
                 # The session already stopped its own audio; the provider must drop what it buffered too.
                 await self.ws.send_text(provider.clear(sid))
                 self.marks.clear()
                 self._unmarked_ms = 0.0
-            elif item.get("type") == "response.audio.done" and self._unmarked_ms > 0 and self._last_response:
+            elif isinstance(item, ResponseAudioDone) and self._unmarked_ms > 0 and self._last_response:
                 await self._send_mark(self._last_response)
 
     async def _send_mark(self, response_id: str) -> None:

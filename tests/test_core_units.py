@@ -21,6 +21,7 @@ import pytest
 from engines.base import Capabilities, Voice
 from pipeline.audio import float_to_pcm16, mulaw_encode, pcm16_to_float
 from pipeline.codec import InputBacklog, InputDecoder, WireEncoder
+from pipeline.events import DtmfReceived, SpeechStarted
 from pipeline.frames import EndOfResponse, Frame, LLMTextDelta, TTSAudio
 from pipeline.outbox import OutAudio, Outbox
 from pipeline.pacer import OutputPacer
@@ -66,30 +67,30 @@ async def test_outbox_put_audio_waits_when_audio_is_full() -> None:
     third = asyncio.create_task(box.put_audio(audio(b"c")))
     assert await is_blocked(third), "a third audio frame must wait while max_audio frames are queued"
     # Events do not count against the audio bound.
-    await asyncio.wait_for(box.put_event({"type": "x"}), 0.5)
+    await asyncio.wait_for(box.put_event(SpeechStarted()), 0.5)
     assert (await box.get()).payload == b"a"
     await asyncio.wait_for(third, 1.0)
     assert box.depth == 3
-    assert [(await box.get()) for _ in range(3)] == [audio(b"b"), {"type": "x"}, audio(b"c")]
+    assert [(await box.get()) for _ in range(3)] == [audio(b"b"), SpeechStarted(), audio(b"c")]
 
 
 async def test_outbox_put_event_waits_when_event_limit_reached() -> None:
     box = Outbox(max_events=2, max_audio=8)
-    await box.put_event({"n": 1})
-    await box.put_event({"n": 2})
-    third = asyncio.create_task(box.put_event({"n": 3}))
+    await box.put_event(DtmfReceived("1"))
+    await box.put_event(DtmfReceived("2"))
+    third = asyncio.create_task(box.put_event(DtmfReceived("3")))
     assert await is_blocked(third), "a third event must wait while max_events events are queued"
     await asyncio.wait_for(box.put_audio(audio()), 0.5)  # audio has its own bound
-    assert await box.get() == {"n": 1}
+    assert await box.get() == DtmfReceived("1")
     await asyncio.wait_for(third, 1.0)
-    assert [await box.get() for _ in range(3)] == [{"n": 2}, audio(), {"n": 3}]
+    assert [await box.get() for _ in range(3)] == [DtmfReceived("2"), audio(), DtmfReceived("3")]
 
 
 async def test_outbox_purge_drops_only_audio_and_bumps_generation() -> None:
     box = Outbox()
-    await box.put_event({"n": 1})
+    await box.put_event(DtmfReceived("1"))
     await box.put_audio(audio(b"a1"))
-    await box.put_event({"n": 2})
+    await box.put_event(DtmfReceived("2"))
     await box.put_audio(audio(b"a2"))
     assert box.generation == 0
     assert box.purge_audio() == 2
@@ -99,7 +100,11 @@ async def test_outbox_purge_drops_only_audio_and_bumps_generation() -> None:
     await box.put_audio(audio(b"stale", generation=0))
     assert box.depth == 2
     await box.put_audio(audio(b"fresh", generation=1))
-    assert [await box.get() for _ in range(3)] == [{"n": 1}, {"n": 2}, audio(b"fresh", generation=1)]
+    assert [await box.get() for _ in range(3)] == [
+        DtmfReceived("1"),
+        DtmfReceived("2"),
+        audio(b"fresh", generation=1),
+    ]
 
 
 async def test_outbox_purge_releases_a_blocked_writer_and_drops_its_stale_frame() -> None:
@@ -117,12 +122,12 @@ async def test_outbox_purge_releases_a_blocked_writer_and_drops_its_stale_frame(
 
 async def test_outbox_close_drains_then_returns_none() -> None:
     box = Outbox()
-    await box.put_event({"n": 1})
+    await box.put_event(DtmfReceived("1"))
     await box.put_audio(audio(b"a"))
     await box.close()
-    await box.put_event({"after": "close"})  # ignored, does not block
+    await box.put_event(DtmfReceived("after close"))  # ignored, does not block
     await box.put_audio(audio(b"after"))
-    assert await box.get() == {"n": 1}
+    assert await box.get() == DtmfReceived("1")
     assert await box.get() == audio(b"a")
     assert await asyncio.wait_for(box.get(), 0.5) is None
     assert await asyncio.wait_for(box.get(), 0.5) is None

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.events import ErrorEvent
 from pipeline.outbox import OutAudio, Outbox
 from pipeline.session import TurnRecord
 from pipeline.workers import EngineWorker, PriorityGate
@@ -182,8 +183,8 @@ async def test_typed_turn_flood_leaves_at_most_one_llm_job_running() -> None:
         assert len(llm.calls) < 40, f"{len(llm.calls)} generations ran for 40 superseded turns"
 
 
-def _event(n: int) -> dict[str, Any]:
-    return {"type": "error", "code": "x", "message": "y" * n}
+def _event(n: int) -> ErrorEvent:
+    return ErrorEvent("x", "y" * n)
 
 
 async def test_outbox_is_bounded_in_bytes() -> None:
@@ -194,7 +195,7 @@ async def test_outbox_is_bounded_in_bytes() -> None:
     await asyncio.sleep(0.05)
     assert not blocked.done(), "a third 4 KB event went past a 10 KB budget"
     assert box.bytes <= 10_000
-    assert (await box.get())["type"] == "error"  # type: ignore[index]
+    assert (await box.get()).type == "error"  # type: ignore[union-attr]
     await asyncio.wait_for(blocked, 1.0)
     assert box.depth == 2 and box.bytes <= 10_000
 
@@ -202,7 +203,7 @@ async def test_outbox_is_bounded_in_bytes() -> None:
 async def test_outbox_admits_an_oversized_item_when_empty_and_counts_audio_bytes() -> None:
     box = Outbox(max_bytes=1500)
     await asyncio.wait_for(box.put_event(_event(5000)), 1.0)  # alone it may pass, or nothing could
-    assert (await box.get())["message"] == "y" * 5000  # type: ignore[index]
+    assert (await box.get()).message == "y" * 5000  # type: ignore[union-attr]
     await box.put_audio(OutAudio(b"\x00" * 640, "r", 20))
     await box.put_audio(OutAudio(b"\x00" * 640, "r", 20))
     third = asyncio.create_task(box.put_audio(OutAudio(b"\x00" * 640, "r", 20)))

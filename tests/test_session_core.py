@@ -21,8 +21,9 @@ import pytest
 
 from engines.base import Capabilities, GenerationOptions, Transcript, Voice
 from pipeline.audio import float_to_pcm16
+from pipeline.events import ServerEvent
 from pipeline.metrics import LoopLagMonitor
-from pipeline.outbox import OutAudio
+from pipeline.outbox import Flush, OutAudio
 from pipeline.runtime import Runtime
 from pipeline.session import Session, SessionConfig
 
@@ -143,11 +144,13 @@ TONE = float_to_pcm16(0.3 * np.sin(2 * np.pi * 440 * np.arange(320) / 16000))  #
 @dataclass
 class Rec:
     t: float
-    item: dict[str, Any] | OutAudio
+    item: dict[str, Any] | OutAudio | Flush  # an event as the client receives it (its wire form)
 
     @property
     def type(self) -> str:
-        return "audio" if isinstance(self.item, OutAudio) else self.item["type"]
+        if isinstance(self.item, OutAudio | Flush):
+            return "audio" if isinstance(self.item, OutAudio) else "flush"
+        return self.item["type"]
 
 
 class Recorder:
@@ -161,7 +164,7 @@ class Recorder:
 
     async def _run(self) -> None:
         while (item := await self.session.outbox.get()) is not None:
-            self.log.append(Rec(time.monotonic(), item))
+            self.log.append(Rec(time.monotonic(), item.to_wire() if isinstance(item, ServerEvent) else item))
         self.ended = True
 
     def events(self, type_: str, **match: Any) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from typing import Any
 from pipeline.agent_steps import AgentSteps
 from pipeline.answer import Answer, HoldBuffer, LiveDestination
 from pipeline.conversation import Conversation, TurnRecord
+from pipeline.events import ServerEvent
 from pipeline.outbox import OutAudio, Outbox
 from pipeline.pacer import OutputPacer
 from pipeline.response import Response
@@ -106,6 +107,12 @@ def _answer(owner: _Owner, destination: Any) -> Answer:
     return answer
 
 
+async def _next_on_wire(outbox: Outbox) -> object:
+    """The next outbox item as a transport puts it on the wire (an event as its JSON object)."""
+    item = await outbox.get()
+    return item.to_wire() if isinstance(item, ServerEvent) else item
+
+
 async def test_a_held_answer_reaches_the_caller_only_on_commit_in_order() -> None:
     outbox = Outbox()
     pacer = OutputPacer(outbox, lead_ms=10_000)
@@ -123,14 +130,14 @@ async def test_a_held_answer_reaches_the_caller_only_on_commit_in_order() -> Non
     await answer.commit(live)
     assert answer.destination is live and answer._live.is_set()
     assert pacer.buffered_ms == 60  # the held frames, handed to the pacer at once
-    first, second = await outbox.get(), await outbox.get()
+    first, second = await _next_on_wire(outbox), await _next_on_wire(outbox)
     assert isinstance(first, dict) and first["type"] == "response.text.delta"
     assert isinstance(second, dict) and second["type"] == "response.text.done"
     assert second["text"] == "Hi there."
     assert owner.conversation.history[-1] == {"role": "assistant", "content": "Hi there."}
     # From now on, output goes straight to the caller.
     await answer._on_delta(" More.")
-    assert (await outbox.get())["delta"] == " More."  # type: ignore[index]
+    assert (await _next_on_wire(outbox))["delta"] == " More."  # type: ignore[index]
 
 
 async def test_a_failed_guess_is_dropped_unseen() -> None:

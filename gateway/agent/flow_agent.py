@@ -17,6 +17,7 @@ from flows.schema import SLUG, Flow
 from flows.validate import load_flow_off_loop
 from gateway.agent.llm import engine_complete
 from gateway.state import AppState
+from pipeline.events import FlowEvent
 from pipeline.response import Response, new_id
 from pipeline.session import Session, TurnRecord
 
@@ -100,7 +101,7 @@ class FlowAgent:
         self._said.append(text)
 
     async def emit(self, type: str, **fields: Any) -> None:
-        await self.session.emit(type, **fields)
+        await self.session.emit(FlowEvent(type, fields))
 
     async def end(self, reason: str) -> None:
         self._ending = reason
@@ -110,7 +111,7 @@ class FlowAgent:
         # call to hand over: the client is told where, then the session ends.
         if handoff:
             self._said.append(handoff)
-        await self.session.emit("flow.transfer", target=target)
+        await self.session.emit(FlowEvent("flow.transfer", {"target": target}))
         self._ending = "transfer"
         self._transfer_to = target
 
