@@ -1,8 +1,9 @@
 """``POST /v1/webrtc/offer``: a session over WebRTC (aiortc): an audio track each way, a data channel for events.
 
 The caller's track (Opus, 48 kHz) is decoded to PCM16 and pushed into the session like WebSocket audio. The
-agent's audio leaves through :class:`AgentTrack`, which hands aiortc one 20 ms frame per 20 ms of real time
-from a small bounded buffer the session's pacer fills, and drops that buffer on a barge-in's ``Flush``.
+agent's audio leaves through :class:`AgentTrack`, the call's audio sink: aiortc asks it for one 20 ms frame
+per 20 ms (silence between answers), it hands over what the session's pacer released, reports each frame
+handed over as played, and drops its buffer on a barge-in's ``Flush``.
 The data channel named ``events`` carries the WebSocket protocol's JSON events both ways.
 """
 
@@ -31,9 +32,11 @@ from gateway.api_common import app_state, parse_body, unprocessable
 from gateway.protocol import clip
 from gateway.settings import Settings, session_config
 from gateway.state import AppState
+from gateway.transports.base import Place, Refusal, Transport, require_ready
 from gateway.ws_voice import apply_session_update, handle_text
 from pipeline.events import ServerEvent
-from pipeline.outbox import Flush, OutAudio
+from pipeline.outbox import OutAudio
+from pipeline.pacer import OutputPacer
 from pipeline.session import Session, SessionError
 
 log = logging.getLogger("voxgate.webrtc")
@@ -55,32 +58,34 @@ class OfferRequest(BaseModel):
 
 
 class AgentTrack(MediaStreamTrack):
-    """The agent's voice as an outbound audio track, paced at real time, silent between answers."""
+    """The agent's voice as an outbound audio track and the call's audio sink.
+
+    aiortc sends whatever ``recv`` returns at once, so the track keeps the 20 ms cadence aiortc needs
+    (silence between answers). It does not decide when audio leaves: the pacer does, and hears from the
+    track (:meth:`OutputPacer.played`) each frame handed to aiortc.
+    """
 
     kind = "audio"
 
-    def __init__(self, max_buffer_frames: int = 100) -> None:
+    def __init__(self, pacer: OutputPacer | None = None, max_buffer_frames: int = 100) -> None:
         super().__init__()
         self._frames: deque[bytes] = deque()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._max = max_buffer_frames
+        self._pacer = pacer
+        if pacer is not None:
+            # The pacer holds releases once this much waits here (the buffer bound the track once kept).
+            pacer.follow_playback(max_buffer_frames * 20, stall_s=1.0)
         self._start: float | None = None
         self._sent = 0
         self._silence = bytes(FRAME_BYTES)
         self._time_base = fractions.Fraction(1, RATE)
 
-    async def push(self, pcm: bytes) -> None:
-        """Queue one 20 ms frame; waits (backpressure to the pacer) while the buffer is full."""
-        while len(self._frames) >= self._max:
-            self._room.clear()
-            await self._room.wait()
-        self._frames.append(pcm)
+    async def send(self, frame: OutAudio) -> None:
+        """One 20 ms frame the pacer released."""
+        self._frames.append(frame.payload)
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Barge-in: drop every frame not yet handed to aiortc."""
         self._frames.clear()
-        self._room.set()
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -91,8 +96,12 @@ class AgentTrack(MediaStreamTrack):
         due = self._start + self._sent * 0.02
         if due > now:
             await asyncio.sleep(due - now)
-        pcm = self._frames.popleft() if self._frames else self._silence
-        self._room.set()
+        if self._frames:
+            pcm = self._frames.popleft()
+            if self._pacer is not None:
+                self._pacer.played(20)
+        else:
+            pcm = self._silence
         frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
         frame.planes[0].update(
             pcm if len(pcm) == FRAME_BYTES else pcm[:FRAME_BYTES].ljust(FRAME_BYTES, b"\0")
@@ -104,18 +113,22 @@ class AgentTrack(MediaStreamTrack):
         return frame
 
 
-class WebRtcCall:
+class WebRtcCall(Transport):
     """One peer connection and its session.
 
     Until ``start`` the call is only negotiated: nothing is counted or stored for it, and a failed
     negotiation is undone with ``discard``. After ``start``, ``end`` releases everything exactly once.
     """
 
-    def __init__(self, state: AppState, session: Session, pc: RTCPeerConnection) -> None:
-        self.state = state
-        self.session = session
+    name = "webrtc"
+    drain_s = 0.2  # let session.closed reach the data channel
+
+    def __init__(self, state: AppState, session: Session, pc: RTCPeerConnection, place: Place) -> None:
+        super().__init__(state, place)
+        self.session: Session = session
         self.pc = pc
-        self.track = AgentTrack()
+        self.track = AgentTrack(session.pacer)
+        self.sink = self.track
         self.channel: Any = None
         self._channel_open = asyncio.Event()
         self._connected = asyncio.Event()
@@ -128,7 +141,7 @@ class WebRtcCall:
 
     def start(self, connect_timeout_s: float) -> None:
         sid = self.session.id
-        self._tasks.append(asyncio.create_task(self._write(), name=f"{sid}-webrtc-out"))
+        self.start_writer()
         self._tasks.append(asyncio.create_task(self._watch(), name=f"{sid}-webrtc-end"))
         self._tasks.append(
             asyncio.create_task(self._connect_deadline(connect_timeout_s), name=f"{sid}-webrtc-connect")
@@ -137,8 +150,9 @@ class WebRtcCall:
     async def discard(self) -> None:
         """Undo a call whose negotiation failed: it was never counted or stored, so nothing is ended."""
         self._closing = True  # pc.close() reports "closed": that must not end (and uncount) the call
-        for task in self._tasks:
-            task.cancel()
+        for task in [*self._tasks, self.writer]:
+            if task is not None:
+                task.cancel()
         self.track.stop()
         await self.pc.close()
 
@@ -195,19 +209,7 @@ class WebRtcCall:
         except MediaStreamError:
             await self.end("track_ended")
 
-    async def _write(self) -> None:
-        while True:
-            item = await self.session.outbox.get()
-            if item is None:
-                return
-            if isinstance(item, OutAudio):
-                await self.track.push(item.payload)
-            elif isinstance(item, Flush):
-                self.track.flush()
-            else:
-                await self._send_event(item)
-
-    async def _send_event(self, event: ServerEvent) -> None:
+    async def send_event(self, event: ServerEvent) -> None:
         # Events wait for the channel (the client opens it with the offer; it is usually there at once).
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._channel_open.wait(), timeout=10)
@@ -222,17 +224,18 @@ class WebRtcCall:
         if self._closing:
             return
         self._closing = True
-        await self.session.close(reason)
-        await asyncio.sleep(0.2)  # let session.closed reach the data channel
         current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
+        await self.session.close(reason)
+        if self.writer is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self.writer), timeout=self.drain_s)
+        for task in [*self._tasks, self.writer]:
+            if task is not None and task is not current:
                 task.cancel()
         self.track.stop()
         await self.pc.close()
-        self.state.sessions.remove(self.session)
+        self.place.release()
         self.state.webrtc_calls.discard(self)
-        self.state.runtime.metrics.active_sessions.labels("webrtc").dec()
 
 
 def configure(settings: Settings) -> None:
@@ -253,36 +256,41 @@ async def webrtc_offer(request: Request) -> Response:
     if isinstance(body, JSONResponse):
         return body
     state = app_state(request)
-    if not state.ready.is_set():
-        return JSONResponse({"detail": "models are still loading; try again shortly"}, status_code=503)
+    try:
+        require_ready(state)
+    except Refusal as exc:
+        return JSONResponse({"detail": exc.message}, status_code=503)
     flow = None
     if body.flow:
         try:
             flow = await load_stored_flow(state, body.flow)
         except FlowNotAvailable as exc:
             return unprocessable([{"loc": ["flow"], "msg": clip(exc.message, 200), "type": exc.code}])
-    if not state.sessions.try_reserve():
-        return JSONResponse({"detail": "the gateway is at max_sessions; try again later"}, status_code=503)
+    place = Place(state, WebRtcCall.name)
     try:
-        call = _new_call(state, request, body, flow)
+        place.reserve()
+    except Refusal as exc:
+        return JSONResponse({"detail": exc.message}, status_code=503)
+    try:
+        call = _new_call(state, request, body, flow, place)
     except SessionError as exc:
-        state.sessions.cancel_reservation()
+        place.release()
         return unprocessable([{"loc": ["voice"], "msg": exc.message, "type": exc.code}])
     except BaseException:
-        state.sessions.cancel_reservation()
+        place.release()
         raise
     try:
         problem = await _negotiate(call, body)
     except BaseException:  # cancelled: the caller went away mid-request
-        await _abandon(state, call)
+        await _abandon(call)
         raise
     if problem is not None:
-        await _abandon(state, call)
+        await _abandon(call)
         return JSONResponse({"detail": f"cannot answer this offer: {problem}"}, status_code=400)
     return await _admit(state, call)
 
 
-def _new_call(state: AppState, request: Request, body: OfferRequest, flow: Any) -> WebRtcCall:
+def _new_call(state: AppState, request: Request, body: OfferRequest, flow: Any, place: Place) -> WebRtcCall:
     """A session and its peer connection, not yet negotiated; raises SessionError for an unknown voice."""
     settings = state.settings
     config = session_config(
@@ -295,7 +303,7 @@ def _new_call(state: AppState, request: Request, body: OfferRequest, flow: Any) 
     if flow is not None:
         attach_flow(session, state, flow)
     ice = [RTCIceServer(urls=url) for url in settings.webrtc_ice_servers]
-    return WebRtcCall(state, session, RTCPeerConnection(RTCConfiguration(iceServers=ice)))
+    return WebRtcCall(state, session, RTCPeerConnection(RTCConfiguration(iceServers=ice)), place)
 
 
 async def _negotiate(call: WebRtcCall, body: OfferRequest) -> str | None:
@@ -309,17 +317,16 @@ async def _negotiate(call: WebRtcCall, body: OfferRequest) -> str | None:
     return None
 
 
-async def _abandon(state: AppState, call: WebRtcCall) -> None:
-    state.sessions.cancel_reservation()
+async def _abandon(call: WebRtcCall) -> None:
+    call.place.release()
     await call.discard()
 
 
 async def _admit(state: AppState, call: WebRtcCall) -> Response:
     """Count, store and start a negotiated call; the answer SDP for the client."""
     session = call.session
-    state.sessions.add(session)
+    call.place.admit(session)
     state.webrtc_calls.add(call)
-    state.runtime.metrics.active_sessions.labels("webrtc").inc()
     try:
         await session.start()
         call.start(state.settings.webrtc_connect_timeout_s)

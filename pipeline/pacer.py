@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 
 from pipeline.aio import cancel_and_wait
 from pipeline.outbox import OutAudio, Outbox
+
+log = logging.getLogger("voxgate.pacer")
 
 
 @dataclass
@@ -25,6 +28,10 @@ class OutputPacer:
     It assumes the caller plays audio in real time from the moment it arrives; after an underrun (nothing
     to send) playback restarts at the next frame. Released and estimated-played milliseconds are kept per
     response so a barge-in can tell what the caller heard.
+
+    A transport whose far end says what it played (:meth:`follow_playback`, then :meth:`played`) also holds
+    releases back while more than ``max_unplayed_ms`` of released audio is unconfirmed: a far end that
+    plays slower than real time is not flooded. Transports never pace on their own.
     """
 
     def __init__(
@@ -46,6 +53,10 @@ class OutputPacer:
         self._room.set()
         self.released_ms: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._max_unplayed_ms: float | None = None  # None: nobody reports playback
+        self._stall_s = 1.0
+        self._unplayed_ms = 0.0  # released and not yet reported played
+        self._played = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="output-pacer")
@@ -57,6 +68,18 @@ class OutputPacer:
     def ahead_ms(self) -> float:
         """Audio owed to the caller that has not played yet: queued here plus released but unplayed."""
         return self._buffered_ms + max(0.0, (self._play_end - self._clock()) * 1000)
+
+    def follow_playback(self, max_unplayed_ms: float, stall_s: float) -> None:
+        """The transport will report what its far end played (:meth:`played`). Releases wait while more
+        than ``max_unplayed_ms`` is unconfirmed; after ``stall_s`` without a report one frame goes anyway,
+        so a far end that stops reporting slows the call down but cannot stall it."""
+        self._max_unplayed_ms = max_unplayed_ms
+        self._stall_s = stall_s
+
+    def played(self, ms: float) -> None:
+        """The far end has played ``ms`` more of the released audio."""
+        self._unplayed_ms = max(0.0, self._unplayed_ms - ms)
+        self._played.set()
 
     def enqueue(self, response_id: str, frames: list[bytes], frame_ms: float) -> None:
         for payload in frames:
@@ -87,6 +110,7 @@ class OutputPacer:
         self._frames.clear()
         self._buffered_ms = 0.0
         self._play_end = 0.0
+        self._unplayed_ms = 0.0  # the far end drops what it buffered (Flush)
         self._has_frames.clear()
         self._update_room()
         return dropped
@@ -100,7 +124,21 @@ class OutputPacer:
         if self.ahead_ms() <= self.lead_ms:
             self._room.set()
 
+    def _playback_behind(self) -> bool:
+        return self._max_unplayed_ms is not None and self._unplayed_ms > self._max_unplayed_ms
+
+    async def _wait_for_playback(self) -> bool:
+        """Wait for the far end to report playback; False after ``stall_s`` without a report."""
+        self._played.clear()
+        try:
+            await asyncio.wait_for(self._played.wait(), self._stall_s)
+        except TimeoutError:
+            log.warning("no playback reported for %.1f s; releasing a frame anyway", self._stall_s)
+            return False
+        return True
+
     async def _run(self) -> None:
+        stalled = False  # the last wait for playback timed out: the next frame goes regardless
         while True:
             await self._has_frames.wait()
             if not self._frames:
@@ -113,7 +151,12 @@ class OutputPacer:
             if ahead > self.lead_ms:
                 await asyncio.sleep((ahead - self.lead_ms) / 1000)
                 continue
+            if not stalled and self._playback_behind():
+                stalled = not await self._wait_for_playback()
+                continue
+            stalled = False
             frame = self._frames.popleft()
+            self._unplayed_ms += frame.ms
             self._buffered_ms = max(0.0, self._buffered_ms - frame.ms)
             self._play_end += frame.ms / 1000
             self.released_ms[frame.response_id] = self.released_ms.get(frame.response_id, 0.0) + frame.ms

@@ -14,6 +14,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipeline.outbox import OutAudio
+
+if TYPE_CHECKING:
+    from pipeline.session import Session
+    from telephony.provider import MediaStreamProvider
+
+MARK_EVERY_MS = 100  # one mark per 100 ms of audio: "heard" is known to within 100 ms
+MARK_WAIT_S = 1.0  # a provider that stops echoing marks must not stall the call
 
 
 @dataclass
@@ -104,3 +114,53 @@ class MarkTracker:
 
     def _has_pending(self, response_id: str) -> bool:
         return any(rid == response_id for rid, _, _ in self._pending.values())
+
+
+class MarkedAudio:
+    """A media stream's audio sink: media frames, a mark after every ``MARK_EVERY_MS`` of them, ``clear`` on
+    a barge-in. Echoed marks are its played position: the session hears what the caller heard, and the
+    pacer (the only clock) hears how far playback has got."""
+
+    def __init__(self, ws: Any, provider: MediaStreamProvider, stream_id: str, session: Session) -> None:
+        self.ws = ws
+        self.provider = provider
+        self.stream_id = stream_id
+        self.session = session
+        self.marks = MarkTracker()
+        self._sent_ms: dict[str, float] = {}
+        self._unmarked_ms = 0.0
+        self._last_response: str | None = None
+        # The pacer lets one mark group run past lead_ms before it waits for an echo (as the writer once did).
+        session.pacer.follow_playback(session.config.lead_ms + 2 * MARK_EVERY_MS, MARK_WAIT_S)
+
+    async def send(self, frame: OutAudio) -> None:
+        await self.ws.send_text(self.provider.media(self.stream_id, frame.payload))
+        self._last_response = frame.response_id
+        self._sent_ms[frame.response_id] = self._sent_ms.get(frame.response_id, 0.0) + frame.ms
+        self._unmarked_ms += frame.ms
+        if self._unmarked_ms >= MARK_EVERY_MS:
+            await self._send_mark(frame.response_id)
+
+    async def flush(self) -> None:
+        # The session already stopped its own audio; the provider must drop what it buffered too.
+        await self.ws.send_text(self.provider.clear(self.stream_id))
+        self.marks.clear()
+        self._unmarked_ms = 0.0
+
+    async def audio_done(self) -> None:
+        """An answer's audio is complete: mark its tail, so the whole of it is known to be heard."""
+        if self._unmarked_ms > 0 and self._last_response:
+            await self._send_mark(self._last_response)
+
+    def echoed(self, name: str) -> None:
+        before = self.marks.outstanding()
+        confirmed = self.marks.echoed(name)
+        self.session.pacer.played(before - self.marks.outstanding())
+        if confirmed is not None:
+            response_id, played_ms = confirmed
+            self.session.ack_played(response_id, played_ms)
+
+    async def _send_mark(self, response_id: str) -> None:
+        name = self.marks.sent(response_id, int(self._sent_ms[response_id]))
+        self._unmarked_ms = 0.0
+        await self.ws.send_text(self.provider.mark(self.stream_id, name))

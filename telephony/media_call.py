@@ -3,8 +3,9 @@
 The provider (a `TelephonyProvider`) parses its text frames into neutral events (connected, start, media,
 DTMF, mark echo, stop) and builds the outbound media / mark / clear frames. The session is created at start
 (the stream's ids and custom parameters arrive there) with mu-law 8 kHz both ways, so agent audio leaves as
-160-byte (20 ms) frames. A mark follows every group of frames; the provider echoes it once played, and that
-is what the session is told the caller heard. A barge-in sends clear and forgets the pending marks.
+160-byte (20 ms) frames through :class:`~telephony.marks.MarkedAudio`: a mark follows every group of frames;
+the provider echoes it once played, and that is what the session is told the caller heard and what the pacer
+is told was played. A barge-in sends clear and forgets the pending marks.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -21,27 +22,24 @@ from gateway.agent.flow_agent import FlowNotAvailable, attach_flow, load_stored_
 from gateway.call_records import save_call_recording
 from gateway.protocol import flow_request
 from gateway.settings import session_config
-from gateway.state import app_state
-from pipeline.events import ResponseAudioDone
-from pipeline.outbox import Flush, OutAudio
+from gateway.state import AppState, app_state
+from gateway.transports.base import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN,
+    Refusal,
+    Transport,
+)
+from pipeline.events import ResponseAudioDone, ServerEvent
 from pipeline.session import Session, SessionError
 from telephony.call_provider import TelephonyProvider
-from telephony.marks import MarkTracker
+from telephony.marks import MarkedAudio
 from telephony.provider import DtmfDigit, MarkEchoed, MediaChunk, ProtocolError, StreamStarted, StreamStopped
 from telephony.stream_state import StreamState
 
-if TYPE_CHECKING:
-    from gateway.state import AppState
-
 log = logging.getLogger("voxgate.telephony")
 
-MARK_EVERY_MS = 100  # one mark per 100 ms of audio: "heard" is known to within 100 ms
-MARK_WAIT_S = 1.0  # a provider that stops echoing marks must not stall the call
-
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TRY_AGAIN = 1013
 _CLOSE_CODES = {
     "refused": CLOSE_TRY_AGAIN,
     "start_timeout": CLOSE_POLICY,
@@ -49,35 +47,28 @@ _CLOSE_CODES = {
 }
 
 
-class MediaStreamCall:
-    """One provider media WebSocket: parses, checks and feeds the session; paces and marks what goes out.
+class MediaStreamCall(Transport):
+    """One provider media WebSocket: parses, checks and feeds the session; marks what goes out.
 
     The socket arrives holding a place in ``state.sessions`` (a reservation): a stream that has not sent
     its start yet still counts toward ``max_sessions``, and must send it within the provider's start timeout.
     """
 
     def __init__(self, ws: WebSocket, state: AppState, provider: TelephonyProvider) -> None:
-        self.ws = ws
-        self.state = state
-        self.provider = provider
         self.name = provider.name  # labels metrics and logs, names the session's transport
+        super().__init__(state)
+        self.ws = ws
+        self.provider = provider
         self.stream = StreamState(provider.stream)
-        self.marks = MarkTracker()
-        self.session: Session | None = None
         self.stream_sid: str | None = None
-        self._reserved = True  # until start turns the reservation into a session
-        self._sent_ms: dict[str, float] = {}
-        self._unmarked_ms = 0.0
-        self._last_response: str | None = None
-        self._echo = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self.sink: MarkedAudio | None = None
 
     async def run(self) -> None:
         """Serve the socket (accepting it) until the stream ends; releases the reservation or session."""
         try:
             await self.ws.accept()
         except BaseException:
-            self._release_reservation()
+            self.place.release()
             raise
         reason = "stream_lost"
         try:
@@ -86,29 +77,12 @@ class MediaStreamCall:
             log.exception("%s stream %.40s: the read loop failed", self.name, self.stream_sid)
             reason = "internal_error"
         finally:
-            self._release_reservation()
-            if self.session is not None:
-                await self._end_session(reason)
+            await self.end_session(reason)
             with contextlib.suppress(Exception):
                 await self.ws.close(_CLOSE_CODES.get(reason, CLOSE_NORMAL))
             if self.session is not None:
                 await self._record_call(status="completed")
                 await save_call_recording(self.state, self.session, self._call["sid"])
-
-    def _release_reservation(self) -> None:
-        if self._reserved:
-            self._reserved = False
-            self.state.sessions.cancel_reservation()
-
-    async def _end_session(self, reason: str) -> None:
-        assert self.session is not None
-        await self.session.close(reason)
-        if self._writer is not None:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._writer), timeout=2.0)
-            self._writer.cancel()
-        self.state.sessions.remove(self.session)
-        self.state.runtime.metrics.active_sessions.labels(self.name).dec()
 
     # -- inbound ----------------------------------------------------------------------------------------------
 
@@ -166,7 +140,8 @@ class MediaStreamCall:
             assert self.session is not None
             await self.session.dtmf(event.digit)
         elif isinstance(event, MarkEchoed):
-            self._mark_echoed(event.name)
+            if self.sink is not None:
+                self.sink.echoed(event.name)
         elif isinstance(event, StreamStopped):
             return "caller_hangup"
         return None
@@ -206,14 +181,13 @@ class MediaStreamCall:
                 log.warning("call %.40s: not answered or placed here; its flow cannot hang up", start.call_id)
             attach_flow(session, state, flow, call=control)
         self.session = session
-        state.sessions.add(session)
-        self._reserved = False
-        state.runtime.metrics.active_sessions.labels(self.name).inc()
+        self.place.admit(session)
         self._call = {"sid": start.call_id, "from": params.get("from"), "to": params.get("to")}
         self._call["direction"] = params.get("direction", "inbound")
         await session.start()
         await self._record_call(status="in-progress")
-        self._writer = asyncio.create_task(self._write(), name=f"{session.id}-{self.name}-writer")
+        self.sink = MarkedAudio(self.ws, self.provider.stream, start.stream_id, session)
+        self.start_writer()
 
     async def _load_flow(self, call_id: str, params: dict[str, str]) -> Any:
         """The flow the call's parameters name, or None: a bad or missing flow must not drop the call."""
@@ -228,57 +202,10 @@ class MediaStreamCall:
             )
         return None
 
-    def _mark_echoed(self, name: str) -> None:
-        confirmed = self.marks.echoed(name)
-        self._echo.set()
-        if confirmed is not None and self.session is not None:
-            response_id, played_ms = confirmed
-            self.session.ack_played(response_id, played_ms)
-
-    # -- outbound ---------------------------------------------------------------------------------------------
-
-    async def _write(self) -> None:
-        assert self.session is not None and self.stream_sid is not None
-        provider, sid = self.stream.provider, self.stream_sid
-        lead_ms = self.session.config.lead_ms
-        while True:
-            item = await self.session.outbox.get()
-            if item is None:
-                return
-            if isinstance(item, OutAudio):
-                await self._wait_for_playback(lead_ms)
-                await self.ws.send_text(provider.media(sid, item.payload))
-                self._last_response = item.response_id
-                self._sent_ms[item.response_id] = self._sent_ms.get(item.response_id, 0.0) + item.ms
-                self._unmarked_ms += item.ms
-                if self._unmarked_ms >= MARK_EVERY_MS:
-                    await self._send_mark(item.response_id)
-            elif isinstance(item, Flush):
-                # The session already stopped its own audio; the provider must drop what it buffered too.
-                await self.ws.send_text(provider.clear(sid))
-                self.marks.clear()
-                self._unmarked_ms = 0.0
-            elif isinstance(item, ResponseAudioDone) and self._unmarked_ms > 0 and self._last_response:
-                await self._send_mark(self._last_response)
-
-    async def _send_mark(self, response_id: str) -> None:
-        assert self.stream_sid is not None
-        name = self.marks.sent(response_id, int(self._sent_ms[response_id]))
-        self._unmarked_ms = 0.0
-        await self.ws.send_text(self.stream.provider.mark(self.stream_sid, name))
-
-    async def _wait_for_playback(self, lead_ms: int) -> None:
-        # The pacer keeps audio at real time; this keeps it within lead_ms (plus one mark group) of what
-        # the provider has actually played, should its playback fall behind.
-        while self.marks.outstanding() > lead_ms + MARK_EVERY_MS:
-            self._echo.clear()
-            try:
-                await asyncio.wait_for(self._echo.wait(), MARK_WAIT_S)
-            except TimeoutError:
-                log.warning(
-                    "%s stream %s: no mark echoed for %.1f s", self.name, self.stream_sid, MARK_WAIT_S
-                )
-                return
+    async def send_event(self, event: ServerEvent) -> None:
+        # Providers read no session events; an answer's end only closes its last mark group.
+        if isinstance(event, ResponseAudioDone) and self.sink is not None:
+            await self.sink.audio_done()
 
     async def _record_call(self, status: str) -> None:
         call = getattr(self, "_call", None)
@@ -312,10 +239,11 @@ async def serve_media_socket(ws: WebSocket, provider: TelephonyProvider) -> None
         await ws.close(code=CLOSE_POLICY)  # before accept: the client sees HTTP 403
         return
     # A socket holds its place from before it is accepted: a stream that never sends start still counts.
-    if not state.sessions.try_reserve():
+    call = MediaStreamCall(ws, state, provider)
+    try:
+        call.place.reserve()
+    except Refusal:
         log.warning("%s media socket refused: the gateway is at max_sessions", provider.name)
-        if state.runtime is not None:
-            state.runtime.metrics.sessions_refused.inc()
         await ws.close(code=CLOSE_TRY_AGAIN)  # before accept: the client sees HTTP 403
         return
-    await MediaStreamCall(ws, state, provider).run()
+    await call.run()
