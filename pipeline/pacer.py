@@ -111,6 +111,7 @@ class OutputPacer:
         self._buffered_ms = 0.0
         self._play_end = 0.0
         self._unplayed_ms = 0.0  # the far end drops what it buffered (Flush)
+        self._played.set()  # a release held for playback must not wait out the stall for the next answer
         self._has_frames.clear()
         self._update_room()
         return dropped
