@@ -9,7 +9,7 @@ from pathlib import Path
 from gateway.engines import build_runtime
 from gateway.settings import Settings, session_config
 from pipeline.audio import write_wav
-from pipeline.outbox import OutAudio
+from pipeline.outbox import Flush, OutAudio
 from pipeline.session import Session
 
 
@@ -50,16 +50,19 @@ async def _print_answer(session: Session) -> bytes:
         if isinstance(item, OutAudio):
             audio += item.payload
             continue
-        kind = item["type"]
+        if isinstance(item, Flush):
+            continue
+        event = item.to_wire()
+        kind = event["type"]
         if kind == "response.text.delta":
-            print(item["delta"], end="", flush=True)
+            print(event["delta"], end="", flush=True)
         elif kind == "metrics":
             print(
-                f"\n  [first token {item.get('llm_ttft_ms')} ms, first audio {item.get('tts_ttfb_ms')} ms]",
+                f"\n  [first token {event.get('llm_ttft_ms')} ms, first audio {event.get('tts_ttfb_ms')} ms]",
                 file=sys.stderr,
             )
         elif kind == "error":
-            print(f"\n  error {item['code']}: {item['message']}", file=sys.stderr)
+            print(f"\n  error {event['code']}: {event['message']}", file=sys.stderr)
             return bytes(audio)
         elif kind == "response.audio.done":
             print()
