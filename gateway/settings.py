@@ -185,11 +185,37 @@ class Settings(BaseSettings):
     stt_options: dict[str, Any] = Field(default_factory=dict)
     llm_engine: str = Field("llama", description="LLM engine")
     llm_options: dict[str, Any] = Field(default_factory=dict)
-    llm_max_tokens: int = 60
+    llm_max_tokens: int = Field(
+        60,
+        ge=1,
+        description="most tokens the LLM writes for one answer (a backstop: answer_max_words ends answers "
+        "sooner, at a sentence end; an unfinished sentence at the cap is not said)",
+    )
     llm_history_messages: int = Field(
         16, ge=0, description="past user/assistant messages the LLM sees (the context window is finite)"
     )
-    llm_temperature: float = 0.0
+    llm_temperature: float = Field(0.0, ge=0, description="sampling temperature (0: greedy, repeatable)")
+    llm_repeat_penalty: float | None = Field(
+        None,
+        gt=0,
+        description="penalise tokens seen in the last 64 of the context, answers' own and the previous "
+        "answer's (llama.cpp; sent only when set, as OpenAI's API does not know it)",
+    )
+    llm_presence_penalty: float | None = Field(
+        None, ge=-2, le=2, description="OpenAI-style presence penalty for answers (sent only when set)"
+    )
+    llm_frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, description="OpenAI-style frequency penalty for answers (sent only when set)"
+    )
+    answer_max_sentences: int = Field(
+        2, ge=0, description="an answer stops after this many sentences (0: no limit; flows are not shaped)"
+    )
+    answer_max_words: int = Field(
+        30,
+        ge=0,
+        description="an answer stops at the last sentence end within this many words (0: no limit; a first "
+        "sentence longer than this is still said whole)",
+    )
     llm_schema_format: SchemaFormat = Field(
         "json_schema",
         description="how flows send a JSON schema to an OpenAI-compatible server: json_schema (OpenAI, vLLM, "
@@ -366,6 +392,11 @@ def session_config(
         idle_timeout_s=s.idle_timeout_s,
         max_tokens=s.llm_max_tokens,
         temperature=s.llm_temperature,
+        repeat_penalty=s.llm_repeat_penalty,
+        presence_penalty=s.llm_presence_penalty,
+        frequency_penalty=s.llm_frequency_penalty,
+        answer_max_sentences=s.answer_max_sentences or None,
+        answer_max_words=s.answer_max_words or None,
         eager_first_words=s.first_clause_words or None,
         history_messages=s.llm_history_messages,
         transport=transport,

@@ -34,6 +34,7 @@ from pipeline.processor import Chain
 from pipeline.response import ClauseAggregator, Response, TextNormalizer, TTSStage, llm_source
 from pipeline.runtime import Runtime
 from pipeline.session_config import SessionConfig
+from pipeline.text import SentenceBudget
 
 log = logging.getLogger("voxgate.session")
 
@@ -157,7 +158,13 @@ class Answer:
         self._live = asyncio.Event()
         if not isinstance(destination, HoldBuffer):
             self._live.set()
-        options = GenerationOptions(max_tokens=config.max_tokens, temperature=config.temperature)
+        options = GenerationOptions(
+            max_tokens=config.max_tokens, temperature=config.temperature, extra=config.sampling()
+        )
+        # An LLM answer ends at a sentence end within the answer budget; fixed text is said as given.
+        budget = None
+        if not fixed_text and config.answer_shaped():
+            budget = SentenceBudget(config.answer_max_sentences, config.answer_max_words)
         source = llm_source(
             response,
             rt.llm_worker,
@@ -167,6 +174,7 @@ class Answer:
             self._on_delta,
             self._on_llm_done,
             spoken_prefix,
+            budget,
         )
         stages = [
             ClauseAggregator(response, config.eager_first_words),

@@ -8,6 +8,7 @@ whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +18,7 @@ from typing import Any
 from engines.base import GenerationOptions, LLMEngine, TTSEngine
 from pipeline.frames import EndOfResponse, Frame, LLMTextDelta, SpeakText, TTSAudio
 from pipeline.processor import Processor
-from pipeline.text import ClauseSplitter, cut_at_heard, normalize_for_speech
+from pipeline.text import ClauseSplitter, SentenceBudget, cut_at_heard, normalize_for_speech
 from pipeline.workers import EngineWorker
 
 
@@ -40,7 +41,8 @@ class Response:
 
     turn_id: str
     id: str = field(default_factory=lambda: new_id("resp"))
-    generated: str = ""
+    generated: str = ""  # what the LLM wrote and the answer says (trimmed to a sentence end)
+    dropped_text: str = ""  # what the LLM wrote after the last sentence said (not said, shown or kept)
     heard_prefix: str = ""  # what an interrupted earlier part of this answer already said (resumed answers)
     llm_done: bool = False
     tts_done: bool = False
@@ -114,27 +116,53 @@ async def llm_source(
     on_delta: Callable[[str], Awaitable[None]],
     on_done: Callable[[], Awaitable[None]],
     spoken_prefix: str = "",
+    budget: SentenceBudget | None = None,
 ) -> AsyncIterator[Frame]:
     """Text deltas for a response: ``spoken_prefix`` first (a resumed answer), then the LLM's stream.
 
     With a prefix and an engine that can continue an assistant message, the LLM picks up where the
     prefix ends; ``response.llm_done`` set beforehand means nothing more is to be generated.
+
+    With a ``budget`` only what it lets through is said, shown and kept (``response.generated``): the
+    answer ends at a sentence end, and generation stops once the budget is spent. What it held back and
+    dropped (an unfinished last sentence) is in ``response.dropped_text``.
     """
     if spoken_prefix:
         response.generated = spoken_prefix
         await on_delta(spoken_prefix)
         yield LLMTextDelta(response.id, spoken_prefix)
-    if not response.llm_done:
+    if budget is not None:
+        budget.seed(" ".join([response.heard_prefix, spoken_prefix]).strip())
+        if spoken_prefix and budget.at_sentence_end:
+            yield LLMTextDelta(response.id, " ")  # the prefix's last sentence is complete: say it now
+    if not response.llm_done and not (budget is not None and budget.done):
         response.t_llm_start = time.monotonic()
         iterator = lambda: llm.stream_chat(messages, options)  # noqa: E731
-        async for delta in worker.stream(iterator):
-            if not delta:
-                continue
-            if response.t_first_token is None:
-                response.t_first_token = time.monotonic()
-            response.generated += delta
-            await on_delta(delta)
-            yield LLMTextDelta(response.id, delta)
+        async with contextlib.aclosing(worker.stream(iterator)) as stream:
+            async for delta in stream:
+                if not delta:
+                    continue
+                if response.t_first_token is None:
+                    response.t_first_token = time.monotonic()
+                said = budget.push(delta) if budget is not None else delta
+                if said:
+                    response.generated += said
+                    await on_delta(said)
+                    yield LLMTextDelta(response.id, said)
+                if budget is not None and budget.at_sentence_end:
+                    # The whitespace after a sentence is held with the next one; the clause aggregator needs
+                    # it to cut the sentence now, not once the next one is let through. (A frame only:
+                    # ``generated`` and the caller's deltas stay exactly what was let through.)
+                    yield LLMTextDelta(response.id, " ")
+                if budget is not None and budget.done:
+                    break  # leaving the stream stops the engine
+        if budget is not None:
+            rest = budget.finish()
+            response.dropped_text = budget.dropped
+            if rest:
+                response.generated += rest
+                await on_delta(rest)
+                yield LLMTextDelta(response.id, rest)
     response.llm_done = True
     await on_done()
     yield EndOfResponse(response.id)

@@ -28,6 +28,9 @@ class VadConfig:
     min_speech_ms: int = 90
 
 
+SAMPLING_KEYS = ("repeat_penalty", "presence_penalty", "frequency_penalty")
+
+
 @dataclass
 class SessionConfig:
     """Per-session settings, from the service settings and what the client asked for."""
@@ -45,6 +48,14 @@ class SessionConfig:
     idle_timeout_s: float = 300.0
     max_tokens: int = 60
     temperature: float = 0.0
+    # Sampling penalties sent with each answer's generation when set (None: the engine's own default).
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # An answer ends at a sentence end, with at most this many sentences / words (None: no limit; the service
+    # settings turn both on). Fixed texts (flows' ``say``, ``Session.speak``) are never shaped.
+    answer_max_sentences: int | None = None
+    answer_max_words: int | None = None
     partial_interval_ms: int = 1000
     eager_first_words: int | None = 4
     speculative_response: bool = True
@@ -52,6 +63,14 @@ class SessionConfig:
     transport: str = "websocket"
     recording_dir: str | None = None  # when set, caller and agent audio go to <dir>/<session id>/*.wav
     max_outbox_bytes: int = 4 << 20  # what a slow client may be owed before the session waits for it
+
+    def sampling(self) -> dict[str, float]:
+        """The sampling penalties that are set, as ``GenerationOptions.extra`` carries them to the engine."""
+        values = {key: getattr(self, key) for key in SAMPLING_KEYS}
+        return {key: value for key, value in values.items() if value is not None}
+
+    def answer_shaped(self) -> bool:
+        return self.answer_max_sentences is not None or self.answer_max_words is not None
 
 
 class SessionRecorder(Protocol):

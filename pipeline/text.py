@@ -380,3 +380,204 @@ def only_fillers(text: str) -> bool:
     """True when ``text`` holds no real words: "Hmm.", "Mm-hmm", "uh" (backchannels and noise)."""
     tokens = re.findall(r"[\w'-]+", text.lower())
     return all(_FILLER.match(token.strip("-'")) for token in tokens)
+
+
+# -- answer shaping --------------------------------------------------------------------------------------------
+
+
+def _ends_sentence(token: str, line_start: bool) -> bool:
+    """Whether ``token`` (a whitespace-free run) ends a sentence, as :class:`ClauseSplitter` decides it."""
+    if not _SENTENCE_END.search(token) or _is_abbreviation(token):
+        return False
+    return not (line_start and _LIST_NUMBER.match(token))
+
+
+def ends_at_sentence_end(text: str) -> bool:
+    """True when ``text`` (stripped) ends with sentence-final punctuation (``. ! ? …``, then any closers)."""
+    tokens = text.split()
+    return bool(tokens) and _ends_sentence(tokens[-1], line_start=len(tokens) == 1)
+
+
+def count_words(text: str) -> int:
+    return sum(_is_word(token) for token in text.split())
+
+
+class SentenceBudget:
+    """Lets an LLM answer through so that it ends at a sentence end, within a sentence and word budget.
+
+    ``push`` takes a streamed delta and returns the text that may be said now; ``finish`` returns what may
+    still be said when the stream ends. The first sentence goes through as it streams (the first words are
+    spoken early). After it, each sentence is held until it ends, then let through whole, so text after the
+    last sentence end is never said: when the stream stops mid-sentence (the token cap, or the model's own
+    end), that unfinished sentence is dropped. ``done`` turns true once the answer is complete: it holds
+    ``max_sentences`` sentences, or ``max_words`` words at a sentence end, or the next sentence would take it
+    past ``max_words`` (that sentence is dropped). The caller should then stop generating. A first sentence
+    longer than ``max_words`` is kept whole (nothing else would be left to say). ``None`` means no limit.
+
+    The text let through, concatenated, is a prefix of the text pushed (nothing is rewritten), so it can be
+    continued by an LLM that picks up an assistant prefix. Sentence ends are found as
+    :class:`ClauseSplitter` finds them: a token such as "3." or "Dr." counts only once whitespace follows it
+    and it is not an abbreviation or a list number.
+    """
+
+    def __init__(self, max_sentences: int | None = None, max_words: int | None = None) -> None:
+        if (max_sentences is not None and max_sentences < 1) or (max_words is not None and max_words < 1):
+            raise ValueError("SentenceBudget limits must be positive (or None)")
+        self.max_sentences = max_sentences
+        self.max_words = max_words
+        self.sentences = 0  # complete sentences let through
+        self.words = 0  # words let through
+        self.done = False
+        self.at_sentence_end = False  # the text ``push`` just returned ends a sentence (whitespace follows)
+        self.dropped = ""  # an unfinished or over-budget sentence that was not let through
+        self._held = ""  # text after the last sentence end let through, not yet let through
+        self._tail = ""  # streaming the first sentence: its last token so far (let through, still open)
+        self._line_start = True
+
+    def seed(self, text: str) -> None:
+        """Count ``text`` as already said (a resumed answer's earlier part), so the budget covers it too.
+
+        ``at_sentence_end`` then says whether ``text`` ends a sentence."""
+        self.at_sentence_end = False
+        tokens = _tokens(text)
+        open_end = not text[-1:].isspace()
+        for i, (token, line_start) in enumerate(tokens):
+            ends = _ends_sentence(token, line_start)
+            if i == len(tokens) - 1 and open_end and not ends and self.sentences == 0:
+                # The first sentence goes on in the continuation ("Par" + "is"): stream on from this token.
+                self._tail, self._line_start = token, line_start
+                break
+            self.words += _is_word(token)
+            self.sentences += ends
+            self._line_start = False
+            self.at_sentence_end = ends
+        self._check_done()
+
+    def push(self, delta: str) -> str:
+        """Add a delta; return what may be said now (possibly "")."""
+        self.at_sentence_end = False
+        if self.done or not delta:
+            return ""
+        if self.sentences == 0:
+            return self._stream_first(delta)
+        self._held += delta
+        return self._release_held(final=False)
+
+    def finish(self) -> str:
+        """The stream ended: what may still be said (a held last sentence, if it ended)."""
+        self.at_sentence_end = False
+        if self.done:
+            return ""
+        if self.sentences == 0:
+            self._close_tail(final=True)
+            return ""
+        return self._release_held(final=True)
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _stream_first(self, delta: str) -> str:
+        """Streaming the first sentence: everything goes through until a whitespace confirms its end."""
+        text = self._tail + delta
+        out_end = len(delta)
+        pos = 0
+        for run in _WHITESPACE.finditer(text):
+            token = text[pos : run.start()]
+            if token:
+                line_start = self._line_start
+                self._line_start = False
+                self.words += _is_word(token)
+                if _ends_sentence(token, line_start):
+                    self.sentences += 1
+                    # The first sentence ended at this whitespace: hold everything after it.
+                    cut = run.start() - len(self._tail)
+                    self._tail = ""
+                    out, rest = delta[:cut], delta[cut:]
+                    self.at_sentence_end = True
+                    self._check_done()
+                    if not self.done:
+                        self._held = rest
+                        out += self._release_held(final=False)
+                    return out
+            if "\n" in run.group(0):
+                self._line_start = True
+            pos = run.end()
+        self._tail = text[pos:]
+        return delta[:out_end]
+
+    def _close_tail(self, final: bool) -> None:
+        if self._tail:
+            self.words += _is_word(self._tail)
+            if final and _ends_sentence(self._tail, self._line_start):
+                self.sentences += 1
+            self._tail = ""
+
+    def _release_held(self, final: bool) -> str:
+        """Let through each whole sentence in ``_held`` that fits the budget."""
+        out = ""
+        while not self.done:
+            end, words = self._sentence_in_held(final)
+            if end is None:
+                if self.max_words is not None and self.words + words > self.max_words:
+                    self._drop()  # this sentence can only go past the word budget
+                elif final:
+                    self._drop()  # the stream ended mid-sentence
+                return out
+            if self.max_words is not None and self.words + words > self.max_words:
+                self._drop()
+                return out
+            out += self._held[:end]
+            self._held = self._held[end:]
+            self.at_sentence_end = not final
+            self.words += words
+            self.sentences += 1
+            self._check_done()
+        return out
+
+    def _sentence_in_held(self, final: bool) -> tuple[int | None, int]:
+        """Where the first sentence in ``_held`` ends (None if it does not yet), and its words so far."""
+        held, words, pos = self._held, 0, 0
+        line_start = "\n" in held[: len(held) - len(held.lstrip())]
+        runs = list(_WHITESPACE.finditer(held))
+        for run in runs:
+            token = held[pos : run.start()]
+            if token:
+                words += _is_word(token)
+                if _ends_sentence(token, line_start):
+                    return run.start(), words
+                line_start = False
+            if "\n" in run.group(0):
+                line_start = True
+            pos = run.end()
+        token = held[pos:]
+        if token:
+            words += _is_word(token)
+            if final and _ends_sentence(token, line_start):
+                return len(held), words
+        return None, words
+
+    def _drop(self) -> None:
+        self.dropped = self._held
+        self._held = ""
+        self.done = True
+
+    def _check_done(self) -> None:
+        if self.sentences == 0:
+            return
+        if self.max_sentences is not None and self.sentences >= self.max_sentences:
+            self.done = True
+        elif self.max_words is not None and self.words >= self.max_words:
+            self.done = True
+
+
+def _tokens(text: str) -> list[tuple[str, bool]]:
+    """The whitespace-free tokens of ``text``, each with whether it starts a line."""
+    out: list[tuple[str, bool]] = []
+    line_start = True
+    for match in re.finditer(r"\S+|\s+", text):
+        piece = match.group(0)
+        if piece.isspace():
+            line_start = line_start or "\n" in piece
+        else:
+            out.append((piece, line_start))
+            line_start = False
+    return out
