@@ -128,7 +128,7 @@ def serve(args: argparse.Namespace) -> int:
         state = request.app.state.voxgate
         sessions = {}
         for session in list(state.sessions.live.values()):
-            vad_state = getattr(session, "_vad_state", None)
+            vad_state = session.listener.vad_state
             sessions[session.caller or session.id] = {
                 "id": session.id,
                 "vad_chunks": getattr(vad_state, "bench_chunks", None),

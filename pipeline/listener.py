@@ -91,6 +91,11 @@ class Listener:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
+    def vad_state(self) -> Any:
+        """This caller's VAD stream state (the engine's; benchmarks count its chunks)."""
+        return self._vad_state
+
+    @property
     def backlog_s(self) -> float:
         return self._backlog.seconds
 
