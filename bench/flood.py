@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.latency import start_server  # noqa: E402
+from bench.latency import gateway  # noqa: E402
 from gateway.client import VoiceClient  # noqa: E402
 
 QUESTIONS = ["What is the capital of France?", "Name a fruit that is yellow.", "How many legs has a spider?"]
@@ -72,20 +71,8 @@ def main() -> int:
     parser.add_argument("--gap-ms", type=float, default=40.0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "flood.json"))
     args = parser.parse_args()
-    proc = None
-    url = args.url
-    if url is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = start_server(port)
-        url = f"ws://127.0.0.1:{port}/v1/voice"
-    try:
+    with gateway(args.url) as url:
         result = asyncio.run(bench(url, args.turns, args.gap_ms / 1000))
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(15)
     report = {
         "benchmark": "another caller's first LLM text during and after a typed-turn flood",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

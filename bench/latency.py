@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -303,6 +305,24 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("server did not become ready")
 
 
+@contextlib.contextmanager
+def gateway(url: str | None) -> Iterator[str]:
+    """The voice URL of the gateway under test: ``url`` if given, else a ``voxgate serve`` started (and
+    stopped) here on a free port."""
+    if url is not None:
+        yield url
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = start_server(port)
+    try:
+        yield f"ws://127.0.0.1:{port}/v1/voice"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
 async def bench(url: str, turns: int, per_session: int, barge_every: int) -> list[Turn]:
     texts = [*QUESTIONS, INTERRUPTION]
     audio = synthesize(texts, 16000)
@@ -340,20 +360,8 @@ def main() -> int:
     parser.add_argument("--barge-in-every", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency.json"))
     args = parser.parse_args()
-    proc = None
-    url = args.url
-    if url is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = start_server(port)
-        url = f"ws://127.0.0.1:{port}/v1/voice"
-    try:
+    with gateway(args.url) as url:
         turns = asyncio.run(bench(url, args.turns, args.per_session, args.barge_in_every))
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(15)
     summary = summarize(turns)
     report = {
         "benchmark": "voice-to-voice latency over WebSocket",

@@ -66,22 +66,25 @@ json_values = st.recursive(
 )
 
 
+NASTY_BODIES = [
+    b"",
+    b"[" * 5000,
+    b'{"a":' * 2000,
+    b'{"value": NaN}',
+    b'{"x": 1e999}',
+    b"\xff\xfe\x00",
+    b"null",
+    b"[]",
+    b'{"id": "x", "nodes": "not a list"}',
+    b'{"id": "x", "nodes": [{"id": "a", "type": "collect", "variable": []}]}',
+]
+
+
 def raw_bodies() -> st.SearchStrategy[bytes]:
     """Bodies a careless or hostile client sends: JSON values, broken JSON, deep nesting, NaN, bytes."""
     return st.one_of(
         json_values.map(lambda v: json.dumps(v).encode()),
-        st.sampled_from(
-            [
-                b"",
-                b"[" * 5000,
-                b'{"a":' * 2000,
-                b'{"value": NaN}',
-                b'{"x": 1e999}',
-                b"\xff\xfe\x00",
-                b'{"id": "x", "nodes": "not a list"}',
-                b"null",
-            ]
-        ),
+        st.sampled_from(NASTY_BODIES),
         st.binary(max_size=200),
     )
 
@@ -168,18 +171,6 @@ def _route_ids() -> list[tuple[str, str]]:
 
 
 ROUTES = _route_ids()
-NASTY_BODIES = [
-    b"",
-    b"[" * 5000,
-    b'{"a":' * 2000,
-    b'{"value": NaN}',
-    b'{"x": 1e999}',
-    b"\xff\xfe\x00",
-    b"null",
-    b"[]",
-    b'{"id": "x", "nodes": "not a list"}',
-    b'{"id": "x", "nodes": [{"id": "a", "type": "collect", "variable": []}]}',
-]
 
 
 _CLIENTS: dict[int, httpx.Client] = {}
