@@ -40,6 +40,9 @@ class Capabilities:
     languages: tuple[str, ...] = ("en",)
     detects_language: bool = False
     continues_assistant_prefix: bool = False
+    # The LLM can read a conversation's next prompt prefix ahead of time (``ContextPrefiller``), so that a turn
+    # after the history window moved evaluates only its new tokens.
+    prefills_context: bool = False
     device: str = "cpu"
     needs: Needs = field(default_factory=Needs)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -147,6 +150,23 @@ class LLMEngine(Protocol):
     capabilities: Capabilities
 
     def stream_chat(self, messages: list[dict[str, Any]], options: GenerationOptions) -> Iterator[str]: ...
+
+
+@runtime_checkable
+class ContextPrefiller(Protocol):
+    """An LLM that keeps a prompt cache can read a context prefix before it is needed.
+
+    Declared by ``Capabilities.prefills_context``; engines without it are simply not asked.
+    """
+
+    capabilities: Capabilities
+
+    def prefill(self, messages: list[dict[str, Any]]) -> Iterator[int]:
+        """Evaluate the chat-templated ``messages`` (and the next user message's opening markup) into the
+        cache, a few tokens per step: yields the tokens cached so far. A later ``stream_chat`` whose prompt
+        begins with these messages evaluates only what follows them. Closing the iterator stops it between
+        steps; what was read stays cached."""
+        ...
 
 
 @runtime_checkable

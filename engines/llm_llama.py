@@ -4,6 +4,8 @@ One ``Llama`` object is loaded once and shared; it is not thread-safe, so every 
 as long as its iterator is being consumed. Closing the iterator (a barge-in) stops token generation at the
 next token and releases the lock. The same object keeps its KV cache between calls, so a conversation that
 grows turn by turn only evaluates the new tokens (llama-cpp-python matches the common prompt prefix).
+When the prompt's prefix changes (a conversation's history window moves), :meth:`LlamaCppLLM.prefill` reads
+the new prefix ahead of time, so the turn that needs it still evaluates only its new tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from engines.models import smollm2_gguf_path
 # Appended to the partial assistant text before rendering the chat template, then cut off with everything
 # after it: whatever end-of-turn markup a template adds, the prompt then ends exactly at the partial text.
 _PREFIX_SENTINEL = "\u0000voxgate-prefix-end\u0000"
+
+# Tokens a prefill evaluates per step: a caller's turn that arrives meanwhile waits for one step at most
+# (SmolLM2-135M reads ~32 tokens in tens of ms on 2 cores; smaller steps cost throughput).
+_PREFILL_STEP = 32
+# Text that stands in for a user's words when finding where a prompt prefix stops tokenizing the same.
+_PREFILL_PROBE = "Hello, what"
 
 # Sampling options that may come through GenerationOptions.extra and mean the same to llama-cpp-python.
 _SAMPLING_KEYS = frozenset(
@@ -80,9 +88,16 @@ class LlamaCppLLM:
         self._lock = threading.Lock()
         self._valid_grammars: set[str] = set()
         self._prefix_formatter = self._find_prefix_formatter()
+        # How many prompt tokens the last generation evaluated (the rest came from the KV cache), and how
+        # many the last prefill did: llama.cpp's own account, taken from the library's eval calls.
+        self.last_prompt_tokens_evaluated: int | None = None
+        self.last_prefill_tokens_evaluated: int | None = None
+        self._prompt_pending = False
+        self._count_prompt_evals()
         self.capabilities = Capabilities(
             streaming=True,
             continues_assistant_prefix=self._prefix_formatter is not None,
+            prefills_context=self._prefix_formatter is not None,
             device="cpu",
             # One generation at a time; the weights are memory-mapped, so a second instance shares them.
             needs=Needs(concurrency=1, cpu_heavy=True, cheap_second_instance=True),
@@ -108,6 +123,44 @@ class LlamaCppLLM:
         messages = messages or [{"role": "user", "content": "Hi"}]
         for _ in self.stream_chat(messages, GenerationOptions(max_tokens=1)):
             pass
+
+    def prefill(self, messages: list[dict[str, Any]]) -> Iterator[int]:
+        """Read the chat-templated ``messages`` into the KV cache ahead of the turn that will need them.
+
+        The prompt of a later :meth:`stream_chat` that begins with these messages then differs from the
+        cache only by its new tokens, which are all llama.cpp evaluates (it reuses the longest common
+        prefix). The prefix runs up to where the next user message's text would begin. Only tokens past
+        what is cached already are evaluated, ``_PREFILL_STEP`` at a time, holding the engine's lock; each
+        step yields the number of tokens cached so far, and closing the iterator stops it between steps
+        (what was read stays cached). Does nothing when the chat format cannot be rendered piecewise.
+        """
+        if self._prefix_formatter is None:
+            return
+        tokens = self._prefill_tokens(messages)
+        with self._lock:
+            llama = self._llama
+            self._prompt_pending = False
+            self.last_prefill_tokens_evaluated = 0
+            if not tokens or len(tokens) >= llama.n_ctx():
+                return
+            cached = _common_prefix(llama._input_ids.tolist(), tokens)
+            if cached < llama.n_tokens:
+                # Drop what follows the common prefix (``eval`` would too), as ``Llama.generate`` does.
+                if not llama._ctx.kv_cache_seq_rm(-1, cached, -1):
+                    llama.reset()
+                    cached = 0
+                llama.n_tokens = cached
+                llama._requires_eval = True  # the context's logits are not those of the last cached token
+            while llama.n_tokens < len(tokens):
+                step = tokens[llama.n_tokens : llama.n_tokens + _PREFILL_STEP]
+                llama.eval(step)
+                self.last_prefill_tokens_evaluated += len(step)
+                yield llama.n_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens in the KV cache (a prompt's prefix matching them is not evaluated again)."""
+        return int(self._llama.n_tokens)
 
     def count_tokens(self, text: str) -> int:
         """Number of model tokens in ``text`` (no BOS), e.g. to budget the context window."""
@@ -146,6 +199,7 @@ class LlamaCppLLM:
     ) -> Iterator[str]:
         with self._lock:
             chunks: Iterator[dict[str, Any]] | None = None
+            self._prompt_pending = True  # the generation's first eval is its prompt's uncached part
             try:
                 chunks = start()
                 for chunk in chunks:
@@ -166,6 +220,7 @@ class LlamaCppLLM:
                 close = getattr(chunks, "close", None)
                 if close is not None:
                     close()
+                self._prompt_pending = False
 
     def _generation_kwargs(self, options: GenerationOptions) -> dict[str, Any]:
         extra = options.extra
@@ -196,6 +251,44 @@ class LlamaCppLLM:
         llama_cpp.llama_sampler_free(sampler)
         if len(self._valid_grammars) < 256:
             self._valid_grammars.add(text)
+
+    def _count_prompt_evals(self) -> None:
+        """Wrap the model's ``eval`` to note the size of each generation's prompt evaluation.
+
+        ``Llama.generate`` evaluates the uncached part of the prompt in one ``eval`` call, then one call per
+        generated token; the first call after :meth:`_run` starts is the prompt's.
+        """
+        evaluate = self._llama.eval
+
+        def counted(tokens: Any) -> None:
+            if self._prompt_pending:
+                self._prompt_pending = False
+                self.last_prompt_tokens_evaluated = len(tokens)
+            evaluate(tokens)
+
+        self._llama.eval = counted  # type: ignore[method-assign]
+
+    def _prefill_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The tokens every prompt of ``messages`` plus a new user message begins with.
+
+        The chat template is rendered with a placeholder user message and cut where its text starts, so the
+        prefix holds the user turn's opening markup too. Tokens are compared with the same prefix followed
+        by probe words, so a token that would merge with the user's first word is left out.
+        """
+        assert self._prefix_formatter is not None
+        clean = [*_clean(messages), {"role": "user", "content": _PREFIX_SENTINEL}]
+        result = self._prefix_formatter(messages=clean)
+        cut = result.prompt.find(_PREFIX_SENTINEL)
+        if cut < 0:
+            return []
+        head = result.prompt[:cut]
+        add_bos = not result.added_special
+
+        def tokenize(text: str) -> list[int]:
+            return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+        tokens = tokenize(head)
+        return tokens[: _common_prefix(tokens, tokenize(head + _PREFILL_PROBE))]
 
     def _continuation_prompt(
         self, messages: list[dict[str, Any]]
@@ -243,6 +336,15 @@ class LlamaCppLLM:
         if token_id < 0:
             return ""
         return self._llama.detokenize([token_id], special=True).decode("utf-8", errors="ignore")
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _clean(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

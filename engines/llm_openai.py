@@ -70,6 +70,9 @@ class OpenAICompatibleLLM:
         self.capabilities = Capabilities(
             streaming=True,
             continues_assistant_prefix=continues_assistant_prefix,
+            # No read-ahead: a server's prompt cache is its own (llama.cpp's server reuses prefixes per slot,
+            # and a request that only reads a prompt would cost a slot and a generation).
+            prefills_context=False,
             device="remote",
             # The server schedules and batches requests itself, on its own hardware.
             needs=Needs(remote=True, concurrency=8, cpu_heavy=False),

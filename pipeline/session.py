@@ -22,6 +22,7 @@ from pipeline.conversation import Conversation, TurnRecord
 from pipeline.listener import Listener, listening_rate
 from pipeline.outbox import Outbox
 from pipeline.pacer import OutputPacer
+from pipeline.prefill import ContextPrefill
 from pipeline.recording import SessionRecording
 from pipeline.response import Response, new_id
 from pipeline.runtime import Runtime
@@ -62,6 +63,9 @@ class Session:
         self.outbox = Outbox(max_bytes=config.max_outbox_bytes)
         self.pacer = OutputPacer(self.outbox, config.lead_ms, on_release=self._on_release)
         self.conversation = Conversation(config)
+        # Reads the next turn's prompt ahead after an answer when the history window moves; building a
+        # turn's context stops it (see pipeline/prefill.py).
+        self.prefill = ContextPrefill(runtime, self.conversation, self.spawn)
         self.turns: list[TurnRecord] = []
         self.dtmf_digits: list[str] = []
         self.answers = Answers(self, self.outbox)
@@ -245,7 +249,7 @@ class Session:
         if speculate and self.answers.current is None and not only_fillers(text):
             turn = TurnRecord(new_id("turn"), "voice", text)
             turn.timings["stt_ms"] = self.listener.stt_ms
-            messages = [*self.conversation.context(), {"role": "user", "content": text}]
+            messages = self.conversation.context(next_user=text)
             await self.answers.start(turn, messages, speech_end=speech_end, held=True)
 
     async def on_turn_end(self, audio: bytes) -> None:

@@ -179,6 +179,56 @@ def test_llama_continues_assistant_prefix(llama: LlamaCppLLM) -> None:
     assert continuation[0] in " ,.;:" and "paris" in (partial + continuation).lower(), continuation
 
 
+def _window_conversation() -> tuple[list[dict[str, str]], list[dict[str, str]], dict[str, str]]:
+    """An old window, the window after it moved (the prompt now begins later), and the next question."""
+    system = {"role": "system", "content": "You are a helpful voice assistant. Answer briefly."}
+    questions = ["What is the capital of France?", "How do plants grow?", "Why is the sky blue?"]
+    exchanges: list[dict[str, str]] = []
+    for n, question in enumerate(questions):
+        answer = f"Answer {n}: " + "here is a fairly long sentence about that, " * 3
+        exchanges += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    old = [system, *exchanges[:5]]  # ends with the third question
+    moved = [system, *exchanges[2:]]
+    return old, moved, {"role": "user", "content": "Where do penguins live?"}
+
+
+def test_llama_prefill_leaves_only_the_new_turn_to_evaluate(llama: LlamaCppLLM) -> None:
+    assert llama.capabilities.prefills_context
+    old, moved, question = _window_conversation()
+    one = GenerationOptions(max_tokens=1)
+    # Without a read-ahead, a prompt whose window moved is evaluated again from the instructions on.
+    _collect(llama.stream_chat(old, one))
+    _collect(llama.stream_chat([*moved, question], one))
+    unprepared = llama.last_prompt_tokens_evaluated
+    prompt_tokens = llama.cached_tokens  # one generated token is never evaluated: the cache is the prompt
+    _collect(llama.stream_chat(old, one))
+    steps = list(llama.prefill(moved))
+    prefilled = llama.cached_tokens
+    assert steps and steps[-1] == prefilled
+    _collect(llama.stream_chat([*moved, question], one))
+    evaluated = llama.last_prompt_tokens_evaluated
+    assert evaluated is not None and unprepared is not None
+    # llama.cpp evaluated exactly what the cache lacked: the question and the markup around it.
+    assert llama.cached_tokens == prompt_tokens
+    assert evaluated == prompt_tokens - prefilled, (evaluated, prompt_tokens, prefilled)
+    assert evaluated <= llama.count_tokens(question["content"]) + 6, evaluated
+    assert unprepared > evaluated + 60, (unprepared, evaluated)
+    # Read ahead again: everything is cached already, nothing is evaluated.
+    assert list(llama.prefill(moved)) == [] and llama.last_prefill_tokens_evaluated == 0
+
+
+def test_llama_prefill_stops_between_steps_and_keeps_what_it_read(llama: LlamaCppLLM) -> None:
+    old, moved, question = _window_conversation()
+    one = GenerationOptions(max_tokens=1)
+    _collect(llama.stream_chat(old, one))
+    steps = llama.prefill(moved)
+    first = next(steps)
+    steps.close()  # a caller's turn arrived
+    assert llama.cached_tokens == first
+    _collect(llama.stream_chat([*moved, question], one))  # the lock was released
+    assert llama.last_prompt_tokens_evaluated == llama.cached_tokens - first
+
+
 # --- OpenAI-compatible client against llama_cpp.server ---------------------------------------------------
 
 
