@@ -171,9 +171,10 @@ class Settings(BaseSettings):
         90.0, gt=0, description="close a socket whose pong is this late (a client may pause reading a while)"
     )
     max_message_bytes: int = Field(1 << 20, description="a larger WebSocket message closes the socket (1009)")
-    instructions: str = (
-        "You are a friendly voice assistant. Answer in one or two short sentences. "
-        "Do not use lists, markdown or emoji."
+    instructions: str = Field(
+        "You are a friendly voice assistant. Answer in one or two short sentences, starting with the answer "
+        "itself. Do not use lists, markdown or emoji.",
+        description="the system prompt of every new session (answer shape: bench/answers.py)",
     )
     vad: VadSettings = VadSettings()
 
@@ -202,10 +203,14 @@ class Settings(BaseSettings):
         "answer's (llama.cpp; sent only when set, as OpenAI's API does not know it)",
     )
     llm_presence_penalty: float | None = Field(
-        None, ge=-2, le=2, description="OpenAI-style presence penalty for answers (sent only when set)"
+        0.6,
+        ge=-2,
+        le=2,
+        description="OpenAI-style presence penalty for answers: fewer of the previous answer's words "
+        "(bench/answers.py; None: not sent)",
     )
     llm_frequency_penalty: float | None = Field(
-        None, ge=-2, le=2, description="OpenAI-style frequency penalty for answers (sent only when set)"
+        0.3, ge=-2, le=2, description="OpenAI-style frequency penalty for answers (None: not sent)"
     )
     answer_max_sentences: int = Field(
         2, ge=0, description="an answer stops after this many sentences (0: no limit; flows are not shaped)"
