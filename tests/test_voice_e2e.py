@@ -206,7 +206,9 @@ async def test_false_interruption_resumes_the_answer(server) -> None:
     if finished:
         assert original.endswith(tail[-40:]), (original, tail)
     else:
-        assert len(tail) > len(original) - restart, "the LLM continued the cut answer"
+        # The LLM went on from the cut answer; what it wrote is said only if it fits the answer's budget
+        # (VOXGATE_ANSWER_MAX_WORDS drops a next sentence that would not), so the tail may hold nothing more.
+        assert len(tail) >= len(original) - restart, "the resumed answer says the rest of the cut one"
 
 
 async def test_client_acks_decide_what_was_heard(server) -> None:
