@@ -103,7 +103,7 @@ def cmd_say(args: argparse.Namespace) -> int:
     from engines.registry import build
     from gateway.engines import engine_choices
     from pipeline.audio import write_wav
-    from pipeline.text import normalize_for_speech
+    from pipeline.normalize import normalize_for_speech
 
     settings = Settings()
     tts = _load_with_progress("loading voice", lambda: build(engine_choices(settings)["tts"]))

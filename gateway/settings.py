@@ -15,7 +15,8 @@ from pydantic_settings import (
 )
 
 from engines.base import EngineOptions
-from engines.registry import REGISTRY, ROLES, flat_option_names, lookup, resolve_options
+from engines.registry import REGISTRY, ROLES, lookup, resolve_options
+from gateway.engine_settings import FlatEngineOptions
 from pipeline.session import SessionConfig, VadConfig
 
 # How a JSON schema constraint is spelled for an LLM server (see gateway.agent.llm.schema_constraint).
@@ -276,15 +277,15 @@ class Settings(BaseSettings):
         # are moved into <role>_options before the sources are merged, so precedence holds for them too.
         toml_file = os.environ.get("VOXGATE_CONFIG")
         sources: list[PydanticBaseSettingsSource] = [
-            _FlatEngineOptions(settings_cls, init_settings),
+            FlatEngineOptions(settings_cls, init_settings),
             env_settings,
-            _FlatEngineOptions(settings_cls, None),
+            FlatEngineOptions(settings_cls, None),
         ]
         if toml_file:
             if not Path(toml_file).is_file():
                 raise FileNotFoundError(f"VOXGATE_CONFIG names no such file: {toml_file}")
             toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
-            sources.append(_FlatEngineOptions(settings_cls, toml))
+            sources.append(FlatEngineOptions(settings_cls, toml))
         return tuple(sources)
 
     @property
@@ -297,38 +298,6 @@ class Settings(BaseSettings):
 
     def storage_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'voxgate.db'}"
-
-
-class _FlatEngineOptions(PydanticBaseSettingsSource):
-    """Engine options under their flat names, moved into ``<role>_options``.
-
-    Wraps the values of another source (init arguments, the TOML file) or, with none, reads the environment:
-    ``VOXGATE_<FLAT NAME>`` for every option of every registered engine (case-insensitive, as settings are).
-    """
-
-    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource | None) -> None:
-        super().__init__(settings_cls)
-        self._inner = inner
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # unused: __call__ produces the whole mapping
-
-    def __call__(self) -> dict[str, Any]:
-        fields = self.settings_cls.model_fields
-        flat = {name: target for name, target in flat_option_names().items() if name not in fields}
-        if self._inner is not None:
-            values = dict(self._inner())
-        else:
-            environ = {key.lower(): value for key, value in os.environ.items()}
-            values = {name: environ[f"voxgate_{name}"] for name in flat if f"voxgate_{name}" in environ}
-        for key in [key for key in values if key in flat]:
-            role, option = flat[key]
-            nested = values.get(f"{role}_options")
-            values[f"{role}_options"] = {
-                **(nested if isinstance(nested, dict) else {}),
-                option: values.pop(key),
-            }
-        return values
 
 
 def describe_settings() -> list[tuple[str, str, str]]:

@@ -17,8 +17,9 @@ from typing import Any
 
 from engines.base import GenerationOptions, LLMEngine, TTSEngine
 from pipeline.frames import EndOfResponse, Frame, LLMTextDelta, SpeakText, TTSAudio
+from pipeline.normalize import normalize_for_speech
 from pipeline.processor import Processor
-from pipeline.text import ClauseSplitter, SentenceBudget, cut_at_heard, normalize_for_speech
+from pipeline.text import ClauseSplitter, SentenceBudget, cut_at_heard
 from pipeline.workers import EngineWorker
 
 

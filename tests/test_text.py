@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from pipeline.text import ClauseSplitter, cut_at_heard, normalize_for_speech, only_fillers
+from pipeline.normalize import normalize_for_speech
+from pipeline.text import ClauseSplitter, cut_at_heard, only_fillers
 
 # -- normalize_for_speech ------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.client import VoiceClient
 from pipeline.audio import pcm16_to_float
-from pipeline.text import normalize_for_speech
+from pipeline.normalize import normalize_for_speech
 from tests.speech import clip_pcm, loudest_window, mm_hmm_pcm, piper_pcm, wer, words
 
 pytestmark = pytest.mark.slow
