@@ -5,6 +5,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends build-essential
 WORKDIR /app
 COPY . .
 RUN bash scripts/setup.sh
-ENV VOXGATE_HOST=0.0.0.0 VOXGATE_DATA_DIR=/data
+ENV VOXGATE_HOST=0.0.0.0 VOXGATE_DATA_DIR=/data MALLOC_ARENA_MAX=2
 EXPOSE 8000
 CMD [".venv/bin/voxgate", "serve"]

@@ -97,7 +97,7 @@ class ShortTTS:
     def voices(self) -> list[Voice]:
         return [Voice("short", "short", "en", self.sample_rate)]
 
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Iterator[np.ndarray]:
         yield np.ones(160 * max(1, len(text.split())), np.int16)
 
 
@@ -209,10 +209,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         config.max_tokens = 60
         config.answer_max_sentences = config.answer_max_words = None
         config.repeat_penalty = config.presence_penalty = config.frequency_penalty = None
-    for name in ("repeat_penalty", "presence_penalty", "frequency_penalty", "max_tokens", "temperature"):
+        config.no_repeat_ngram = None
+        config.end_at_sentence = None
+    for name in (
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "no_repeat_ngram",
+        "max_tokens",
+        "temperature",
+    ):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value if value >= 0 else None)
+    if args.no_end_at_sentence:
+        config.end_at_sentence = None
     if args.max_words is not None:
         config.answer_max_words = args.max_words or None
     if args.max_sentences is not None:
@@ -222,7 +233,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     llm = CountingLLM(await asyncio.to_thread(build, engine_choices(settings)["llm"]))
     rt = Runtime(vad=QuietVAD(), stt=NoSTT(), llm=llm, tts=ShortTTS())
     try:
-        turns = await converse(rt, config, QUESTIONS[: args.questions])
+        questions = QUESTIONS
+        if args.questions_file:
+            lines = Path(args.questions_file).read_text().splitlines()
+            questions = [q.strip() for q in lines if q.strip() and not q.startswith("#")]
+        turns = await converse(rt, config, questions[: args.questions])
     finally:
         await rt.close()
     for turn, call in zip(turns, llm.calls, strict=False):
@@ -237,6 +252,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "repeat_penalty",
             "presence_penalty",
             "frequency_penalty",
+            "no_repeat_ngram",
+            "end_at_sentence",
             "answer_max_sentences",
             "answer_max_words",
         )
@@ -265,6 +282,9 @@ def main() -> int:
     parser.add_argument("--repeat-penalty", dest="repeat_penalty", type=float, help="-1: unset")
     parser.add_argument("--presence-penalty", dest="presence_penalty", type=float, help="-1: unset")
     parser.add_argument("--frequency-penalty", dest="frequency_penalty", type=float, help="-1: unset")
+    parser.add_argument("--no-repeat-ngram", dest="no_repeat_ngram", type=int, help="-1: unset")
+    parser.add_argument("--no-end-at-sentence", dest="no_end_at_sentence", action="store_true")
+    parser.add_argument("--questions-file", help="one question per line instead of the built-in list")
     parser.add_argument("--max-words", dest="max_words", type=int)
     parser.add_argument("--max-sentences", dest="max_sentences", type=int)
     parser.add_argument("--out", help="JSON path (default bench/results/answers-<mode>.json)")

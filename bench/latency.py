@@ -13,26 +13,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.mic import (  # noqa: E402  (shared with bench/conversation.py; re-exported under these names)
+    FRAME_MS,
+    SPEECH_DBFS,
+    Microphone,
+    answer_to_speech,
+    dbfs,
+    first_voiced_audio_after,
+    gateway,
+    last_speech_frame,
+    next_event,
+    percentile,
+    start_server,
+    synthesize,
+    voiced_audio_or_end,
+)
 from gateway.client import VoiceClient  # noqa: E402
-from pipeline.audio import resample  # noqa: E402
+
+__all__ = [
+    "FRAME_MS",
+    "QUESTIONS",
+    "SPEECH_DBFS",
+    "Microphone",
+    "dbfs",
+    "first_voiced_audio_after",
+    "gateway",
+    "last_speech_frame",
+    "percentile",
+    "start_server",
+    "synthesize",
+]
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -62,74 +84,6 @@ QUESTIONS = [
     "Can you tell me a fun fact?",
 ]
 INTERRUPTION = "Sorry, stop, I have another question."
-FRAME_MS = 20
-SPEECH_DBFS = -45.0  # a 20 ms frame above this has speech energy
-
-
-def dbfs(frame: bytes) -> float:
-    x = np.frombuffer(frame, "<i2").astype(np.float32) / 32768
-    return float(10 * np.log10(np.mean(x**2) + 1e-12)) if len(x) else -120.0
-
-
-def last_speech_frame(pcm: bytes, rate: int) -> int:
-    """Index of the last 20 ms frame of ``pcm`` with speech energy (Piper pads its output with silence)."""
-    step = rate * 2 * FRAME_MS // 1000
-    frames = [pcm[i : i + step] for i in range(0, len(pcm), step)]
-    voiced = [i for i, f in enumerate(frames) if dbfs(f) > SPEECH_DBFS]
-    return voiced[-1] if voiced else len(frames) - 1
-
-
-class Microphone:
-    """Sends 20 ms every 20 ms, forever: queued speech, else silence. Records when each utterance ended."""
-
-    def __init__(self, client: VoiceClient) -> None:
-        self.client = client
-        self.step = client.sample_rate * 2 * FRAME_MS // 1000
-        self._queue: asyncio.Queue[tuple[bytes, int, asyncio.Future[tuple[float, float]]]] = asyncio.Queue()
-        self._task = asyncio.create_task(self._run())
-
-    async def say(self, pcm: bytes) -> tuple[float, float]:
-        """Speak ``pcm``; returns (time its first frame was sent, time its last speech frame was sent)."""
-        done: asyncio.Future[tuple[float, float]] = asyncio.get_running_loop().create_future()
-        await self._queue.put((pcm, last_speech_frame(pcm, self.client.sample_rate), done))
-        return await done
-
-    async def _run(self) -> None:
-        silence = bytes(self.step)
-        start = time.monotonic()
-        n = 0
-        current: list[bytes] = []
-        marks: tuple[int, asyncio.Future[tuple[float, float]]] | None = None
-        first_sent = 0.0
-        while True:
-            if not current and not self._queue.empty():
-                pcm, last, done = self._queue.get_nowait()
-                current = [pcm[i : i + self.step] for i in range(0, len(pcm), self.step)]
-                marks = (last, done)
-                index = 0
-            delay = start + n * FRAME_MS / 1000 - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            n += 1
-            if current:
-                frame = current.pop(0)
-                await self.client.send_raw(frame.ljust(self.step, b"\x00"))
-                now = time.monotonic()
-                assert marks is not None
-                if index == 0:
-                    first_sent = now
-                if index == marks[0]:
-                    marks[1].set_result((first_sent, now))
-                index += 1
-            else:
-                await self.client.send_raw(silence)
-
-    async def close(self) -> None:
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
 
 
 @dataclass
@@ -145,85 +99,79 @@ class Turn:
     error: str | None = None
 
 
-async def first_voiced_audio_after(client: VoiceClient, t0: float, timeout: float) -> float | None:
-    deadline = time.monotonic() + timeout
-    seen = 0
-    while time.monotonic() < deadline:
-        audio = client.received.audio
-        for t, frame in audio[seen:]:
-            if t > t0 and dbfs(frame) > SPEECH_DBFS:
-                return t
-        seen = len(audio)
-        await asyncio.sleep(0.005)
-    return None
-
-
 async def run_turn(
     client: VoiceClient, mic: Microphone, pcm: bytes, question: str, barge_in: bool, interruption: bytes
 ) -> Turn:
+    """One spoken question and its answer. Events are matched to this turn by id, never by counting: an
+    answer cut before its text was done has no ``response.text.done``, and a question the server split in
+    two has two answers, either of which shifted every later count in the session."""
     turn = Turn(question)
-    responses_before = len(client.received.of("response.started"))
-    metrics_before = len(client.received.of("metrics"))
+    mark = len(client.received.events)
     _, t_last = await mic.say(pcm)
     try:
-        started = await client.wait_for("response.started", timeout=20, count=responses_before + 1)
+        t_started, started = await answer_to_speech(client, mark, t_last, timeout=20)
     except (TimeoutError, ConnectionError):
         turn.error = "no answer within 20 s"
         return turn
+    rid = started["response_id"]
     # Only this answer's audio counts: it follows its response.started on the socket.
-    t_started = next(t for t, e in client.received.events if e is started)
-    voiced = await first_voiced_audio_after(client, max(t_last, t_started - 0.001), timeout=20)
+    voiced, end = await voiced_audio_or_end(client, max(t_last, t_started - 0.001), rid, mark, timeout=20)
     if voiced is None:
-        turn.error = "no agent audio within 20 s"
+        texts = [e["text"] for _, e in client.received.events[mark:] if e["type"] == "response.text.done"]
+        turn.answer = texts[-1] if texts else ""
+        turn.error = (
+            "no agent audio within 20 s"
+            if end is None
+            else f"the answer ended with no audio ({end['type']}, text {turn.answer!r})"
+        )
         return turn
     turn.voice_to_voice_ms = round((voiced - t_last) * 1000, 1)
     try:
-        finals = client.received.of("transcript.final")
-        turn.transcript = finals[-1]["text"] if finals else ""
-        metrics = await client.wait_for("metrics", timeout=5, count=metrics_before + 1)
+        final = next(
+            (
+                e
+                for _, e in client.received.events[mark:]
+                if e["type"] == "transcript.final" and e.get("turn_id") == started["turn_id"]
+            ),
+            None,
+        )
+        turn.transcript = final["text"] if final else ""
+        _, metrics = await next_event(client, "metrics", mark, timeout=5, response_id=rid)
         turn.server = {
             k: metrics.get(k) for k in ("stt_ms", "llm_ttft_ms", "tts_ttfb_ms", "voice_to_voice_ms")
         }
         if barge_in:
             await asyncio.sleep(0.5)
-            interrupted_before = len(client.received.of("response.interrupted"))
+            mark2 = len(client.received.events)
             speak = asyncio.create_task(mic.say(interruption))
             await asyncio.sleep(0)
             t_speak = time.monotonic()
-            finals_before = len(client.received.of("transcript.final"))
             interrupted = asyncio.create_task(
-                client.wait_for("response.interrupted", timeout=10, count=interrupted_before + 1)
+                next_event(client, "response.interrupted", mark2, timeout=10, response_id=rid)
             )
-            final = asyncio.create_task(
-                client.wait_for("transcript.final", timeout=10, count=finals_before + 1)
-            )
-            await asyncio.wait({interrupted, final}, return_when=asyncio.FIRST_COMPLETED)
+            new_turn = asyncio.create_task(next_event(client, "transcript.final", mark2, timeout=10))
+            await asyncio.wait({interrupted, new_turn}, return_when=asyncio.FIRST_COMPLETED)
             if not interrupted.done():
                 # The answer ended while the caller drew breath: the interruption became a plain turn.
                 interrupted.cancel()
                 turn.barge_in_skipped = "the answer ended before the interruption reached min_interrupt_ms"
-                await speak
-                await client.wait_for("response.started", timeout=30, count=responses_before + 2)
-                await asyncio.sleep(1.0)
-                await _stop_answer(client)
-                return turn
-            final.cancel()
-            event = interrupted.result()
-            t_event = next(t for t, e in client.received.events if e is event)
-            turn.barge_in_ms = round((t_event - t_speak) * 1000, 1)
-            before_event = [t for t, _ in client.received.audio if t <= t_event]
-            turn.audio_stop_ms = round((max(before_event) - t_speak) * 1000, 1) if before_event else None
-            await speak
+            else:
+                new_turn.cancel()
+                t_event, _ = interrupted.result()
+                turn.barge_in_ms = round((t_event - t_speak) * 1000, 1)
+                before_event = [t for t, _ in client.received.audio if t <= t_event]
+                turn.audio_stop_ms = round((max(before_event) - t_speak) * 1000, 1) if before_event else None
+            _, t_last2 = await speak
             # The interruption is itself a question: let its answer start, then stop it.
-            await client.wait_for("response.started", timeout=30, count=responses_before + 2)
+            _, answer2 = await answer_to_speech(client, mark2, t_last2, timeout=30)
             await asyncio.sleep(1.0)
-            await _stop_answer(client)
+            await _stop_answer(client, answer2["response_id"], mark2)
         else:
-            done = await client.wait_for("response.text.done", timeout=30, count=_count_for(client, started))
+            _, done = await next_event(client, "response.text.done", mark, timeout=30, response_id=rid)
             turn.answer = done["text"]
             # One second of the answer is enough to measure; stopping it keeps 50 turns to a few minutes.
             await asyncio.sleep(1.0)
-            await _stop_answer(client)
+            await _stop_answer(client, rid, mark)
     except (TimeoutError, ConnectionError) as exc:
         recent = [e["type"] for _, e in client.received.events[-40:] if e["type"] != "response.text.delta"][
             -8:
@@ -232,34 +180,22 @@ async def run_turn(
     return turn
 
 
-def _count_for(client: VoiceClient, started: dict[str, object]) -> int:
-    """Which response.text.done belongs to ``started`` (the n-th response has the n-th done)."""
-    return client.received.of("response.started").index(started) + 1
+async def _stop_answer(client: VoiceClient, response_id: str, mark: int) -> None:
+    """Cancel the answer ``response_id`` and wait (up to 5 s) until it has ended, one way or the other."""
 
+    def ended() -> bool:
+        return any(
+            e["type"] in ("response.interrupted", "response.audio.done")
+            and e.get("response_id") == response_id
+            for _, e in client.received.events[mark:]
+        )
 
-async def _stop_answer(client: VoiceClient) -> None:
-    ended = ("response.interrupted", "response.audio.done")
-    before = sum(len(client.received.of(kind)) for kind in ended)
-    await client.send_event({"type": "response.cancel"})
+    if not ended():
+        await client.send_event({"type": "response.cancel"})
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and sum(len(client.received.of(kind)) for kind in ended) == before:
+    while time.monotonic() < deadline and not ended():
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.5)
-
-
-def synthesize(texts: list[str], rate: int) -> dict[str, bytes]:
-    from engines.tts_piper import PiperTTS
-
-    tts = PiperTTS()
-    out = {}
-    for text in texts:
-        pcm = b"".join(chunk.tobytes() for chunk in tts.synthesize(text))
-        out[text] = resample(pcm, tts.sample_rate, rate)
-    return out
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if values else None
 
 
 def summarize(turns: list[Turn]) -> dict[str, object]:
@@ -286,41 +222,6 @@ def summarize(turns: list[Turn]) -> dict[str, object]:
     summary["barge_in_audio_stop_ms"] = {"p50": percentile(stop, 50), "p95": percentile(stop, 95)}
     summary["barge_in_skipped"] = sum(1 for t in turns if t.barge_in_skipped)
     return summary
-
-
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "VOXGATE_PORT": str(port), "VOXGATE_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, cwd=ROOT)
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
-
-
-@contextlib.contextmanager
-def gateway(url: str | None) -> Iterator[str]:
-    """The voice URL of the gateway under test: ``url`` if given, else a ``voxgate serve`` started (and
-    stopped) here on a free port."""
-    if url is not None:
-        yield url
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = start_server(port)
-    try:
-        yield f"ws://127.0.0.1:{port}/v1/voice"
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 async def bench(url: str, turns: int, per_session: int, barge_every: int) -> list[Turn]:

@@ -58,6 +58,6 @@ class ToneTTS:
     def voices(self) -> list[Voice]:
         return [Voice("tone", "standin", "en", self.sample_rate)]
 
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Iterator[np.ndarray]:
         self.calls += 1
         yield self._clause

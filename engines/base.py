@@ -7,9 +7,9 @@ return iterators so a worker can stop pulling (and so stop the work) the moment 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -43,6 +43,14 @@ class Capabilities:
     # The LLM can read a conversation's next prompt prefix ahead of time (``ContextPrefiller``), so that a turn
     # after the history window moved evaluates only its new tokens.
     prefills_context: bool = False
+    # LLM: a request whose ``GenerationOptions.extra`` carries OpenAI ``tools`` / ``tool_choice`` is answered
+    # with the Realtime tool decision read from the server's own tool calls (engines/llm_tool_calls.py).
+    native_tools: bool = False
+    # STT: Whisper-style translation to English (OpenAI's /v1/audio/translations), per-word times, and
+    # ``TranscribeOptions`` (prompt, temperature, task, word times) taken by ``transcribe``.
+    translates: bool = False
+    word_timestamps: bool = False
+    transcribe_options: bool = False
     device: str = "cpu"
     needs: Needs = field(default_factory=Needs)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +61,7 @@ class BuildContext:
     """What the service knows that an engine may need to be built (not user options)."""
 
     cache_dir: str
+    voices_dir: str | None = None  # the voices directory (settings.voices_dir), for engines with voices
 
 
 class EngineOptions(BaseModel):
@@ -83,13 +92,58 @@ class EngineOptions(BaseModel):
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word of a transcript with its time in the audio (seconds from the start)."""
+
+    start: float
+    end: float
+    word: str
+    probability: float = 1.0
+
+
+@dataclass(frozen=True)
+class TranscriptSegment:
+    """A stretch of a transcript with its time in the audio (seconds from the start), as Whisper decodes it;
+    ``words`` only when they were asked for (``TranscribeOptions.word_timestamps``)."""
+
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] = ()
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    temperature: float = 0.0
+    tokens: tuple[int, ...] = ()
+    seek: int = 0  # where the decoding window began, in 10 ms mel frames (Whisper's own field)
+
+
+@dataclass(frozen=True)
 class Transcript:
-    """One utterance's text; ``text`` is empty when the audio held no words."""
+    """One utterance's text; ``text`` is empty when the audio held no words.
+
+    ``segments`` carry the text's times when the engine knows them (empty otherwise, and always empty for
+    silence); their texts joined by spaces read as ``text`` does.
+    """
 
     text: str
     language: str = "en"
     duration_s: float = 0.0
     no_speech_prob: float = 0.0
+    segments: tuple[TranscriptSegment, ...] = ()
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """What a request may ask of an STT engine beyond the language (the fields of OpenAI's transcription API).
+
+    Only engines whose capabilities say ``transcribe_options`` take it; the default asks for nothing new.
+    """
+
+    task: Literal["transcribe", "translate"] = "transcribe"  # translate: English text from any language
+    prompt: str | None = None  # earlier text or spellings that guide the first window's words
+    temperature: float = 0.0  # 0: greedy, the same audio always gives the same words; above: sampled
+    word_timestamps: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,11 +190,27 @@ class VADEngine(Protocol):
 
 @runtime_checkable
 class STTEngine(Protocol):
-    """Whole-utterance transcription of 16 kHz mono float32 audio."""
+    """Whole-utterance transcription of 16 kHz mono float32 audio.
+
+    An engine whose capabilities say ``transcribe_options`` also takes ``options`` (a ``TranscribeOptions``)
+    as a third argument; callers pass it only then.
+    """
 
     capabilities: Capabilities
 
     def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript: ...
+
+
+@runtime_checkable
+class SegmentStreamer(Protocol):
+    """An STT engine that hands out a long file's segments as it decodes them (the seek loop's windows): an
+    endpoint streams text while the rest is still being decoded, and runs each step as its own job on the
+    engine's worker, so that a long file never holds the engine from live calls for more than one step.
+    The generator's return value is the whole ``Transcript``, as ``transcribe`` would give it."""
+
+    def transcribe_segments(
+        self, audio: np.ndarray, language: str | None = None, options: TranscribeOptions | None = None
+    ) -> Generator[TranscriptSegment, None, Transcript]: ...
 
 
 @runtime_checkable
@@ -170,12 +240,23 @@ class ContextPrefiller(Protocol):
 
 
 @runtime_checkable
+class TurnEngine(Protocol):
+    """How finished an utterance sounds: the probability that the caller has ended their turn, from the
+    sound of its last seconds (16 kHz mono float32), intonation included."""
+
+    capabilities: Capabilities
+
+    def complete_prob(self, audio: np.ndarray) -> float: ...
+
+
+@runtime_checkable
 class TTSEngine(Protocol):
-    """Speech for a short text, as int16 mono chunks at ``sample_rate``."""
+    """Speech for a short text, as int16 mono chunks at ``sample_rate``; ``speed`` 1.0 is the voice's own pace,
+    2.0 twice as fast."""
 
     capabilities: Capabilities
     sample_rate: int
 
     def voices(self) -> list[Voice]: ...
 
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]: ...
+    def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Iterator[np.ndarray]: ...

@@ -21,6 +21,7 @@ from llama_cpp import llama_chat_format, llama_grammar
 
 from engines.base import Capabilities, GenerationOptions, Needs
 from engines.llm_openai import LLMError
+from engines.llm_sampling import NgramBan, SentenceCloser
 from engines.models import smollm2_gguf_path
 
 # Appended to the partial assistant text before rendering the chat template, then cut off with everything
@@ -57,8 +58,9 @@ class LlamaCppLLM:
     text), ``response_format`` (OpenAI ``{"type": "json_schema", "json_schema": {"schema": ...}}`` or
     llama-cpp-python's ``{"type": "json_object", "schema": ...}``), vLLM's ``guided_json`` /
     ``guided_grammar`` aliases, and the sampling keys ``top_p``, ``top_k``, ``min_p``, ``typical_p``,
-    ``repeat_penalty``, ``presence_penalty``, ``frequency_penalty`` and ``seed``; other keys are ignored so
-    options written for a remote server still work here.
+    ``repeat_penalty``, ``presence_penalty``, ``frequency_penalty`` and ``seed``, and ``no_repeat_ngram``
+    (n: never write a run of n tokens that an earlier assistant message in ``messages`` holds); other keys are
+    ignored so options written for a remote server still work here.
 
     A last message ``{"role": "assistant", "content": partial, "prefix": True}`` is continued rather than
     answered: the output carries on from ``partial`` and does not repeat it.
@@ -93,6 +95,7 @@ class LlamaCppLLM:
         self.last_prompt_tokens_evaluated: int | None = None
         self.last_prefill_tokens_evaluated: int | None = None
         self._prompt_pending = False
+        self._enders: list[int] | None = None
         self._count_prompt_evals()
         self.capabilities = Capabilities(
             streaming=True,
@@ -172,7 +175,7 @@ class LlamaCppLLM:
             self._llama.close()
 
     def _stream_chat(self, messages: list[dict[str, Any]], options: GenerationOptions) -> Iterator[str]:
-        kwargs = self._generation_kwargs(options)
+        kwargs = self._generation_kwargs(options, messages)
 
         def start() -> Iterator[dict[str, Any]]:
             return self._llama.create_chat_completion(messages=_clean(messages), stream=True, **kwargs)
@@ -182,7 +185,7 @@ class LlamaCppLLM:
     def _stream_continuation(
         self, messages: list[dict[str, Any]], options: GenerationOptions
     ) -> Iterator[str]:
-        kwargs = self._generation_kwargs(options)
+        kwargs = self._generation_kwargs(options, messages[:-1])
         tokens, template_stop, stopping_criteria = self._continuation_prompt(messages)
         kwargs["stop"] = kwargs["stop"] + template_stop
 
@@ -222,7 +225,9 @@ class LlamaCppLLM:
                     close()
                 self._prompt_pending = False
 
-    def _generation_kwargs(self, options: GenerationOptions) -> dict[str, Any]:
+    def _generation_kwargs(
+        self, options: GenerationOptions, messages: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         extra = options.extra
         kwargs: dict[str, Any] = {
             "max_tokens": options.max_tokens,
@@ -234,7 +239,42 @@ class LlamaCppLLM:
         if grammar is not None:
             self._check_grammar(grammar)
             kwargs["grammar"] = grammar
+        processors: list[Any] = []
+        if extra.get("end_at_sentence"):
+            processors.append(SentenceCloser(self._sentence_enders(), self._end_tokens(), options.max_tokens))
+        n = extra.get("no_repeat_ngram")
+        if isinstance(n, int) and n >= 2:
+            texts = [str(m.get("content") or "") for m in messages or [] if m.get("role") == "assistant"]
+            # Answers the context window no longer shows (pipeline.answer passes the session's latest ones).
+            outside = extra.get("earlier_answers")
+            if isinstance(outside, list):
+                texts.extend(str(t) for t in outside if str(t) not in texts)
+            earlier = [self._llama.tokenize(t.encode("utf-8"), add_bos=False) for t in texts if t]
+            processors.append(NgramBan(earlier, n))
+        if processors:
+            kwargs["logits_processor"] = llama_cpp.LogitsProcessorList(processors)
         return kwargs
+
+    def _end_tokens(self) -> list[int]:
+        """The tokens that end the assistant's message: the model's EOS and the chat template's end marker."""
+        ends = {int(self._llama.token_eos())}
+        for marker in (b"<|im_end|>", b"<|eot_id|>", b"<|end|>", b"</s>"):
+            ids = self._llama.tokenize(marker, add_bos=False, special=True)
+            if len(ids) == 1:
+                ends.add(int(ids[0]))
+        return sorted(ends)
+
+    def _sentence_enders(self) -> list[int]:
+        """Vocabulary tokens that close a sentence (".", "?", "!", with a closing quote or a newline); found
+        once per engine by reading the vocabulary."""
+        if self._enders is None:
+            enders = []
+            for token in range(self._llama.n_vocab()):
+                piece = self._llama.detokenize([token]).decode("utf-8", errors="ignore").strip()
+                if piece and piece.rstrip("\"')") in {".", "?", "!", "...", "?!"}:
+                    enders.append(token)
+            self._enders = enders
+        return self._enders
 
     def _check_grammar(self, grammar: llama_cpp.LlamaGrammar) -> None:
         # llama-cpp-python hands an unparsable grammar's NULL sampler to llama.cpp, which segfaults the whole

@@ -2,7 +2,9 @@
 
 Every model voxgate runs by default ships inside an ordinary PyPI package, so a fresh install works offline and
 nothing here ever reaches a model hub. The one wrinkle is Whisper base, which is split over two packages (PyPI's
-size limit) and joined once into a cache directory.
+size limit) and joined once into a cache directory. Smart Turn v3 (the turn-completion model) ships inside the
+``pipecat-ai`` wheel: ``voxgate models --fetch`` takes that one file out of the wheel (downloaded from PyPI
+without its dependencies, both checked by hash) into the cache; no Pipecat code is installed or run.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 __all__ = [
@@ -21,7 +26,9 @@ __all__ = [
     "WHISPER_BASE_SHA256",
     "WHISPER_BASE_SIZE",
     "ModelNotFound",
+    "fetch_smart_turn",
     "resolve_whisper_model",
+    "smart_turn_path",
     "smollm2_gguf_path",
     "whisper_base_path",
     "whisper_tiny_en_path",
@@ -183,3 +190,88 @@ def resolve_whisper_model(name_or_path: str, cache_dir: str = DEFAULT_CACHE_DIR)
         f"unknown Whisper model {name_or_path!r}: use 'tiny.en', 'base', or the path of a folder holding a "
         "CTranslate2 Whisper model (model.bin, config.json, tokenizer.json); models are never downloaded"
     )
+
+
+# Smart Turn v3.2 (BSD-2-Clause, Daily), as the pipecat-ai 1.14.0 wheel on PyPI ships it.
+SMART_TURN_WHEEL = "pipecat-ai==1.14.0"
+SMART_TURN_WHEEL_SHA256 = "0352f504b44e78bdf524e45af4bc759601c835b9b7dc195efe5e03384b974a44"
+SMART_TURN_MEMBER = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+SMART_TURN_SHA256 = "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
+_SMART_TURN_FILE = "smart-turn-v3.2-cpu.onnx"
+
+
+def _smart_turn_target(cache_dir: str) -> tuple[Path, Path]:
+    out_dir = Path(cache_dir).expanduser() / "smart-turn"
+    return out_dir / _SMART_TURN_FILE, out_dir / (_SMART_TURN_FILE + ".verified.json")
+
+
+def _file_stamp_ok(path: Path, stamp: Path, sha256: str) -> bool:
+    if not path.is_file():
+        return False
+    st = path.stat()
+    expected = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+    try:
+        if json.loads(stamp.read_text()) == expected:
+            return True
+    except (OSError, ValueError):
+        pass
+    if _sha256_file(path) != sha256:
+        return False
+    stamp.write_text(json.dumps(expected))
+    return True
+
+
+def smart_turn_path(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
+    """The Smart Turn v3 ONNX file in ``cache_dir`` or the default cache (where setup puts it), checked by
+    hash; never downloads."""
+    for directory in dict.fromkeys([cache_dir, DEFAULT_CACHE_DIR]):
+        path, stamp = _smart_turn_target(directory)
+        if _file_stamp_ok(path, stamp, SMART_TURN_SHA256):
+            return str(path)
+    raise ModelNotFound(
+        f"Smart Turn v3 is not in {_smart_turn_target(cache_dir)[0].parent}: run `voxgate models --fetch` (it takes the model from the "
+        f"{SMART_TURN_WHEEL} wheel on PyPI), or set turn_engine=none"
+    )
+
+
+def fetch_smart_turn(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
+    """Put Smart Turn v3 into ``cache_dir`` from the pipecat-ai wheel on PyPI (a package registry, not a model
+    hub), unless it is already there. Only the one ONNX file is kept; the wheel is never installed."""
+    try:
+        return smart_turn_path(cache_dir)
+    except ModelNotFound:
+        pass
+    path, stamp = _smart_turn_target(cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="smart-turn-") as tmp:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--dest",
+                tmp,
+                SMART_TURN_WHEEL,
+            ],
+            check=True,
+        )
+        wheels = list(Path(tmp).glob("pipecat_ai-*.whl"))
+        if len(wheels) != 1 or _sha256_file(wheels[0]) != SMART_TURN_WHEEL_SHA256:
+            raise ModelNotFound(f"the downloaded {SMART_TURN_WHEEL} wheel does not match its known sha256")
+        fd, tmp_name = tempfile.mkstemp(prefix=_SMART_TURN_FILE, suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, zipfile.ZipFile(wheels[0]) as wheel:
+                with wheel.open(SMART_TURN_MEMBER) as src:
+                    shutil.copyfileobj(src, out, _CHUNK)
+            if _sha256_file(Path(tmp_name)) != SMART_TURN_SHA256:
+                raise ModelNotFound("Smart Turn v3 taken from the wheel does not match its known sha256")
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, path)
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+    stamp.unlink(missing_ok=True)
+    return smart_turn_path(cache_dir)

@@ -31,8 +31,13 @@ class WhisperOptions(EngineOptions):
     device: str = Field("cpu", description="cpu or cuda (CTranslate2 device)")
     compute_type: str = Field("int8", description="CTranslate2 compute type: int8, float32, float16 (GPU)...")
     threads: int = Field(2, description="CPU threads for Whisper")
-    min_window_s: float = Field(
-        15.0, ge=0, le=30, description="shortest Whisper encoder window for short turns (0 = always 30 s)"
+    short_window_s: float = Field(
+        0.0,
+        ge=0,
+        le=30,
+        description="encode an utterance that fits (with 2 s to spare) in this shorter window: ~170 ms faster "
+        "per turn on 2 cores, but words differ from offline Whisper on some clips (0 = Whisper's 30 s window; "
+        "docs/benchmarks.md)",
     )
 
     def engine_kwargs(self, context: BuildContext) -> dict[str, Any]:
@@ -41,8 +46,8 @@ class WhisperOptions(EngineOptions):
             "device": self.device,
             "compute_type": self.compute_type,
             "cpu_threads": self.threads,
-            "min_window_s": self.min_window_s or None,  # 0: Whisper's own 30 s window
             "cache_dir": context.cache_dir,
+            "short_window_s": self.short_window_s,
         }
 
     def weights(self, context: BuildContext) -> dict[str, str]:
@@ -75,6 +80,12 @@ class OpenAIOptions(EngineOptions):
     base_url: str = Field("http://127.0.0.1:8001/v1", description="OpenAI-compatible server (vLLM etc.)")
     model: str = Field("default", description="model name sent to the server")
     api_key: str | None = Field(None, description="Bearer key sent to the server (never logged)")
+    native_tools: bool = Field(
+        False,
+        description="Realtime function calls as OpenAI tools: the server gets tools/tool_choice and streams "
+        "tool_calls (vLLM with --enable-auto-tool-choice and a --tool-call-parser, llama.cpp's llama-server "
+        "--jinja); off: the tools become a JSON schema sent per llm_schema_format",
+    )
 
     def weights(self, context: BuildContext) -> dict[str, str]:
         return {"model": f"{self.model} at {self.base_url}"}
@@ -108,3 +119,28 @@ class EspeakOptions(EngineOptions):
 
     def weights(self, context: BuildContext) -> dict[str, str]:
         return {"model": "espeak-ng"}
+
+
+class SmartTurnOptions(EngineOptions):
+    """Smart Turn v3, the turn-completion model, on onnxruntime (weights: ``voxgate models --fetch``)."""
+
+    threads: int = Field(1, ge=1, le=16, description="CPU threads for the turn-completion model")
+    threshold: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="a statement whose sound scores below this at a pause is judged unfinished "
+        "(bench/turn_end.py: human speech that stops mid-sentence scores under 0.1)",
+    )
+
+    def engine_kwargs(self, context: BuildContext) -> dict[str, Any]:
+        return {"threads": self.threads, "threshold": self.threshold, "cache_dir": context.cache_dir}
+
+    def weights(self, context: BuildContext) -> dict[str, str]:
+        from engines.models import smart_turn_path
+
+        return {"model": "Smart Turn v3.2 (cpu)", "path": smart_turn_path(context.cache_dir)}
+
+
+class NoTurnOptions(EngineOptions):
+    """No sound model: pauses are judged from the transcript's words alone."""

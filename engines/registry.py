@@ -18,10 +18,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from engines import options as o
 from engines.base import EngineOptions
+from engines.stt_remote import RemoteSTTOptions
+from engines.tts_remote import RemoteTTSOptions
+from engines.tts_voices import VoicesOptions
 
 log = logging.getLogger("voxgate.engines")
 
-ROLES = ("vad", "stt", "llm", "tts")
+ROLES = ("vad", "stt", "llm", "tts", "turn")
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,12 @@ def build(choice: EngineChoice) -> Any:
 # The shipped engines, one line each.
 register(EngineSpec("vad", "silero", "engines.vad_silero:SileroVAD", o.SileroOptions))
 register(EngineSpec("stt", "whisper", "engines.stt_whisper:WhisperSTT", o.WhisperOptions))
+register(EngineSpec("stt", "openai", "engines.stt_remote:RemoteSTT", RemoteSTTOptions))
 register(EngineSpec("llm", "llama", "engines.llm_llama:LlamaCppLLM", o.LlamaOptions))
 register(EngineSpec("llm", "openai", "engines.llm_openai:OpenAICompatibleLLM", o.OpenAIOptions))
 register(EngineSpec("tts", "piper", "engines.tts_piper:PiperTTS", o.PiperOptions))
 register(EngineSpec("tts", "espeak", "engines.tts_espeak:EspeakTTS", o.EspeakOptions))
+register(EngineSpec("tts", "openai", "engines.tts_remote:RemoteTTS", RemoteTTSOptions))
+register(EngineSpec("tts", "voices", "engines.tts_voices:VoicesTTS", VoicesOptions))
+register(EngineSpec("turn", "smart_turn", "engines.turn_smart:SmartTurn", o.SmartTurnOptions))
+register(EngineSpec("turn", "none", "engines.turn_smart:no_turn_model", o.NoTurnOptions))

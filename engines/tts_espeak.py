@@ -10,19 +10,38 @@ import re
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from engines.base import Capabilities, Needs, Voice
 from engines.tts_piper import UnknownVoice
 
-__all__ = ["EspeakTTS", "parse_wav"]
+__all__ = ["LANGUAGE_PROSODY", "EspeakTTS", "Prosody", "parse_wav"]
 
 ESPEAK_LICENCE = "GPL-3.0 (espeak-ng)"
 _NATIVE_RATE = 22050
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 _SPEAKABLE = re.compile(r"\w")
+
+
+@dataclass(frozen=True)
+class Prosody:
+    """How espeak-ng speaks one language's voices: its rate, pitch (0-99, espeak-ng's default 50) and voice
+    variant (``m2``: espeak-ng's ``-v fr+m2``)."""
+
+    words_per_minute: int
+    pitch: int = 50
+    variant: str | None = None
+
+
+# Languages whose espeak-ng voices speak otherwise than the engine's rate and pitch, and why. Whisper base (what
+# language routing and a multilingual caller's client hear with) names the language of espeak-ng's French at
+# its defaults (175 words a minute, pitch 50) for 39 of 72 varied sentences, mostly hearing Thai otherwise; with
+# the male2 variant (its echo blurs the formant buzz), pitch 15 and 200 words a minute for 67 of 72, and writes it
+# with fewer errors (WER 0.66 against 1.05, on 24 of them). docs/voices.md has every candidate measured.
+LANGUAGE_PROSODY: dict[str, Prosody] = {"fr": Prosody(words_per_minute=200, pitch=15, variant="m2")}
 
 
 def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
@@ -52,7 +71,8 @@ class EspeakTTS:
     """TTS by running ``espeak-ng --stdout``; voices are espeak-ng's language ids (``en-us``, ``en``, ...).
 
     The default 140 words a minute is slower than espeak-ng's 175: formant speech at full speed was misheard by
-    Whisper tiny about half again as often (mean WER 0.10 vs 0.16 over six sentences).
+    Whisper tiny about half again as often (mean WER 0.10 vs 0.16 over six sentences). ``prosody`` sets the rate,
+    pitch and variant of one language's voices (default ``LANGUAGE_PROSODY``); ``speed`` scales either rate.
     """
 
     def __init__(
@@ -62,6 +82,7 @@ class EspeakTTS:
         default_voice: str = "en-us",
         words_per_minute: int = 140,
         timeout_s: float = 10.0,
+        prosody: Mapping[str, Prosody] | None = None,
     ) -> None:
         path = shutil.which(binary)
         if path is None:
@@ -70,6 +91,7 @@ class EspeakTTS:
         self.sample_rate = sample_rate
         self.words_per_minute = words_per_minute
         self.timeout_s = timeout_s
+        self.prosody = dict(LANGUAGE_PROSODY if prosody is None else prosody)
         self._voices = self._list_voices()
         if default_voice not in self._voices:
             raise UnknownVoice(default_voice, sorted(self._voices))
@@ -117,24 +139,41 @@ class EspeakTTS:
             for v, f in sorted(self._voices.items())
         ]
 
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]:
-        """Yield int16 mono audio at ``sample_rate``, one chunk per sentence."""
+    def language_of(self, voice: str | None) -> str | None:
+        """The language family of ``voice`` (None: the default voice); None for a voice it does not have."""
+        vid = voice or self.default_voice
+        return vid.split("-")[0] if vid in self._voices else None
+
+    def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Iterator[np.ndarray]:
+        """Yield int16 mono audio at ``sample_rate``, one chunk per sentence; speed scales words per minute."""
         vid = voice or self.default_voice
         if vid not in self._voices:
             raise UnknownVoice(vid, sorted(self._voices))
-        return self._stream(text, vid)
+        return self._stream(text, self.voice_args(vid, speed))
 
-    def _stream(self, text: str, voice: str) -> Iterator[np.ndarray]:
+    def voice_args(self, voice: str, speed: float = 1.0) -> list[str]:
+        """espeak-ng's voice, rate and pitch options for ``voice`` (a known voice id) at ``speed``."""
+        tuned = self.prosody.get(voice.split("-")[0])
+        wpm = tuned.words_per_minute if tuned else self.words_per_minute
+        # espeak-ng accepts 80-450 words per minute; beyond them it clamps silently, so say it here.
+        args = ["-v", voice, "-s", str(max(80, min(450, round(wpm * speed))))]
+        if tuned is not None:
+            if tuned.variant:
+                args[1] = f"{voice}+{tuned.variant}"
+            args += ["-p", str(tuned.pitch)]
+        return args
+
+    def _stream(self, text: str, args: list[str]) -> Iterator[np.ndarray]:
         for sentence in _SENTENCE_END.split(text.strip()):
             if _SPEAKABLE.search(sentence):
-                audio = self._speak(sentence, voice)
+                audio = self._speak(sentence, args)
                 if audio.size:
                     yield audio
 
-    def _speak(self, sentence: str, voice: str) -> np.ndarray:
+    def _speak(self, sentence: str, args: list[str]) -> np.ndarray:
         # Text goes through stdin, so a sentence starting with "-" can't be read as an option.
         proc = subprocess.run(
-            [self.binary, "--stdout", "--stdin", "-b", "1", "-v", voice, "-s", str(self.words_per_minute)],
+            [self.binary, "--stdout", "--stdin", "-b", "1", *args],
             input=sentence.encode("utf-8"),
             capture_output=True,
             timeout=self.timeout_s,

@@ -170,6 +170,10 @@ class PiperTTS:
         options.inter_op_num_threads = 1
         # Idle worker threads would otherwise spin and steal cycles from the other engines.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Every sentence is an input of another length, and onnxruntime caches a memory plan per input shape,
+        # for good: a long call's RSS climbed in steps (tests/test_backpressure.py). Its arena stays: it only
+        # grows to the longest sentence's tensors.
+        options.enable_mem_pattern = False
         providers: list[Any] = ["CPUExecutionProvider"]
         if self.use_cuda:
             providers.insert(0, ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}))
@@ -177,16 +181,23 @@ class PiperTTS:
         session = onnxruntime.InferenceSession(str(files.model), sess_options=options, providers=providers)
         return PiperVoice(session=session, config=PiperConfig.from_dict(config))
 
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Iterator[np.ndarray]:
         """Yield int16 mono audio at ``sample_rate``, one chunk per sentence as Piper produces it."""
         vid = voice or self.default_voice
         piper_voice = self.load(vid)  # raises UnknownVoice before the caller starts pulling audio
-        return self._stream(piper_voice, text, self._files[vid].sample_rate)
+        return self._stream(piper_voice, text, self._files[vid].sample_rate, speed)
 
-    def _stream(self, piper_voice: Any, text: str, rate: int) -> Iterator[np.ndarray]:
+    def _stream(self, piper_voice: Any, text: str, rate: int, speed: float) -> Iterator[np.ndarray]:
         if not _SPEAKABLE.search(text):
             return
-        for chunk in piper_voice.synthesize(text):
+        config = None
+        if speed != 1.0:
+            from piper import SynthesisConfig
+
+            # Piper's length scale stretches each phoneme: the voice's own scale divided by the speed.
+            own = getattr(piper_voice.config, "length_scale", 1.0) or 1.0
+            config = SynthesisConfig(length_scale=own / speed)
+        for chunk in piper_voice.synthesize(text, syn_config=config):
             audio: np.ndarray = chunk.audio_int16_array
             if rate != self.sample_rate:
                 import soxr

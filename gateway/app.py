@@ -15,11 +15,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from gateway import calls_api, flows_api, service_api, sessions_api, webrtc, ws_voice
+from gateway import calls_api, flows_api, realtime, service_api, sessions_api, webrtc, ws_voice
 from gateway.engines import build_runtime
 from gateway.http_guard import edge_middleware
+from gateway.media import routes as media
 from gateway.service_api import VERSION as VERSION
 from gateway.settings import Settings
+from gateway.speech import routes as speech
+from gateway.speech.outputs import retention_loop as outputs_retention
 from gateway.state import AppState
 from pipeline.runtime import Runtime
 from telephony import registry as telephony
@@ -36,6 +39,9 @@ def all_routes() -> list[BaseRoute]:
         *calls_api.routes,
         *ws_voice.routes,
         *webrtc.routes,
+        *realtime.routes,
+        *speech.routes,
+        *media.routes,
         *telephony.routes(),
         *service_api.pages,
     ]
@@ -61,7 +67,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.loop = asyncio.get_running_loop()
         await state.open_store()
+        await media.start(app)  # the job queue, and the embedded media engine (loading in a thread)
         retention = asyncio.create_task(_retention_loop(state)) if settings.retention_days else None
+        outputs_sweep = asyncio.create_task(outputs_retention(settings))
         state.lag.start()
         loader: asyncio.Task[None] | None = None
         if state.runtime is None:
@@ -73,12 +81,17 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         finally:
             if loader is not None:
                 loader.cancel()
+            outputs_sweep.cancel()
             if retention is not None:
                 retention.cancel()
             for session in list(state.sessions.live.values()):
                 await session.close("server_shutdown")
+            conversations = getattr(app.state, "chat_conversations", None)  # gateway/speech/conversations.py
+            if conversations is not None:
+                await conversations.close_all("server_shutdown")
             for call in list(state.webrtc_calls):
                 await call.end("server_shutdown")
+            await media.stop(app)
             await state.close_store()
             await state.lag.stop()
             if state.runtime is not None and runtime is None:

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.settings import Settings, describe_settings
+from gateway.memory import reexec_with_arena_cap
+from gateway.settings import Settings
+from gateway.settings_help import describe_settings
 
 T = TypeVar("T")
 
@@ -125,6 +127,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     from gateway.modelinfo import describe_models
 
     settings = Settings()
+    if args.fetch:
+        from engines.models import ModelNotFound, fetch_smart_turn
+
+        try:
+            print(f"Smart Turn v3: {fetch_smart_turn(str(settings.cache_dir))}", file=sys.stderr)
+        except (ModelNotFound, subprocess.CalledProcessError, OSError) as exc:
+            return _fail(f"could not fetch Smart Turn v3 from PyPI: {exc}")
     report = describe_models(settings, engine_choices(settings))
     print(json.dumps(report, indent=2) if args.json else "\n".join(_format_models(report)))
     return 0
@@ -181,6 +190,15 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from gateway.logs import configure_logging
+    from gateway.media.worker import main as worker_main
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return worker_main(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voxgate", description="Realtime voice-agent gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=cmd_chat)
     models = sub.add_parser("models", help="engines, voices and where their weights are")
     models.add_argument("--json", action="store_true")
+    models.add_argument(
+        "--fetch",
+        action="store_true",
+        help="first take the weights that ship inside other registry packages (Smart Turn v3 from the "
+        "pipecat-ai wheel) into the cache",
+    )
     models.set_defaults(func=cmd_models)
     db = sub.add_parser("db", help="database schema: show, upgrade or downgrade (Alembic)")
     db.add_argument("action", choices=["current", "upgrade", "downgrade"])
@@ -215,12 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run bench/latency.py (arguments pass through)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
+    worker = sub.add_parser(
+        "worker", help="run media jobs (image, video) from the Redis queue: docs/media.md (media_* settings)"
+    )
+    worker.set_defaults(func=cmd_worker)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
+    if argv is None and args.func in (cmd_serve, cmd_worker):
+        reexec_with_arena_cap()  # long-running servers: see gateway/memory.py
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -10,14 +10,14 @@ import numpy as np
 from engines.base import BuildContext, GenerationOptions
 from engines.registry import ROLES, EngineChoice, build
 from gateway.settings import Settings
-from pipeline.runtime import Runtime
+from pipeline.runtime import Runtime, needs_of
 
 log = logging.getLogger("voxgate.engines")
 
 
 def engine_choices(settings: Settings) -> dict[str, EngineChoice]:
     """What to load for each role, from settings alone (no imports of heavy libraries here)."""
-    context = BuildContext(cache_dir=str(settings.cache_dir))
+    context = BuildContext(cache_dir=str(settings.cache_dir), voices_dir=str(settings.voices_dir))
     return {
         role: EngineChoice(
             role, settings.engine_name(role), settings.engine_options(role).engine_kwargs(context)
@@ -36,6 +36,7 @@ def build_runtime(settings: Settings, warm: bool = True) -> Runtime:
         stt=engines["stt"],
         llm=engines["llm"],
         tts=engines["tts"],
+        turn=engines["turn"],
         queue_size=settings.engine_queue_size,
         # Workers are sized from what each engine declares (``Capabilities.needs``). The runtime builds a
         # second LLM for flow drafts, on the first draft, only if the engine says a second one is cheap:
@@ -52,7 +53,14 @@ def warm_up(runtime: Runtime, instructions: str) -> None:
     """One tiny call per engine, on the engine's own worker thread (see ``EngineWorker.call``): first calls
     pay for lazy allocation, and the LLM caches the system prompt."""
     runtime.stt_worker.call(runtime.stt.transcribe, np.zeros(16000, np.float32))
-    runtime.tts_worker.call(lambda: list(runtime.tts.synthesize("Hello.")))
+    try:
+        runtime.tts_worker.call(lambda: list(runtime.tts.synthesize("Hello.")))
+    except Exception as exc:
+        if not needs_of(runtime.tts).remote:
+            raise
+        log.warning("TTS warm-up failed: %s", exc)  # a model node may come up later, as a remote LLM may
+    if runtime.turn is not None and runtime.turn_worker is not None:
+        runtime.turn_worker.call(runtime.turn.complete_prob, np.zeros(16000, np.float32))
     messages = [{"role": "system", "content": instructions}, {"role": "user", "content": "Hi"}]
     try:
         runtime.llm_worker.call(

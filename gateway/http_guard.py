@@ -11,7 +11,8 @@ A pure ASGI middleware, so that a body is counted while it streams in rather tha
    in logs). WebSocket routes check the key themselves (``Auth.allows_websocket``); a key in their URL is
    refused here with a message that says what to do instead.
 4. A body sent to ``/v1/`` must be declared JSON: a browser sends ``text/plain`` across origins without asking
-   first (a CORS "simple request"), ``application/json`` never.
+   first (a CORS "simple request"), ``application/json`` never. The audio upload routes (``UPLOAD_PATHS``,
+   OpenAI's multipart API) also take ``multipart/form-data``; the Origin check above still guards them.
 5. A body longer than its route's limit is refused with 413: up front by its ``Content-Length``, else while
    it streams in, so that no more than the limit is ever read.
 
@@ -42,7 +43,24 @@ log = logging.getLogger("voxgate.edge")
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # Bodies that are forms or SDP, not JSON documents: Twilio's webhooks and WebRTC offers.
-SMALL_BODY_PATHS = frozenset({"/twilio/voice", "/twilio/status", "/v1/webrtc/offer"})
+SMALL_BODY_PATHS = frozenset({"/twilio/voice", "/twilio/status", "/v1/webrtc/offer", "/v1/realtime/calls"})
+# Routes that take an SDP offer (raw or multipart, not JSON) and check the caller's key themselves, as WebSocket
+# routes do: the Realtime API's WebRTC call, to which a browser brings an ephemeral key (gateway/realtime/calls.py).
+SDP_PATHS = frozenset({"/v1/realtime/calls"})
+# Routes that take an uploaded audio file as multipart/form-data, as OpenAI's audio API does: up to
+# speech.max_upload_bytes rather than the JSON limit (openai_audio.py; chat_api.py: /v1/voice-chat, JSON too).
+UPLOAD_PATHS = frozenset(
+    {
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/audio/vad",
+        "/v1/voice-chat",
+        "/api/v1/tts/clone",
+    }
+)
+# The media routes that take an uploaded image (and mask) as multipart/form-data (gateway/media): up to twice
+# media_max_upload_mb. The studio API's /image/ and /video/ routes are guarded like /v1/ (key, JSON).
+MEDIA_UPLOAD_PATHS = frozenset({"/image/edit", "/video/image-to-video", "/v1/images/edits", "/v1/videos"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE"
@@ -162,19 +180,33 @@ def _has_body(headers: Headers) -> bool:
     return "transfer-encoding" in headers or headers.get("content-length", "0").strip() not in ("", "0")
 
 
+def _is_api(path: str) -> bool:
+    """The API routes: ``/v1/``, ``/api/v1/`` where the model-microservice API keeps clone and design, and the
+    studio API's ``/image/`` and ``/video/`` (media jobs)."""
+    return path.startswith(("/v1/", "/api/v1/", "/image/", "/video/"))
+
+
+def _is_multipart(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "multipart/form-data"
+
+
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-def _content_type_refusal(method: str, headers: Headers) -> Refusal | None:
+def _content_type_refusal(method: str, headers: Headers, upload: bool = False) -> Refusal | None:
     content_type = headers.get("content-type")
+    if upload and content_type is not None and _is_multipart(content_type):
+        return None
     has_body = _has_body(headers)
     if not has_body and (content_type is None or method not in BODY_METHODS):
         return None  # nothing to declare: POST /v1/sessions/token, DELETE, a GET naming a type
     if content_type is not None and _is_json(content_type):
         return None
     shown = "none" if content_type is None else _quote(content_type)
+    if upload:
+        return Refusal(415, "unsupported_media_type", f"send the file as multipart/form-data (got {shown})")
     return Refusal(
         415,
         "unsupported_media_type",
@@ -244,10 +276,15 @@ class HttpGuard:
             return Refusal(401, "unauthorized", KEY_IN_URL_DETAIL, (("www-authenticate", "Bearer"),))
         if not self.auth.allows_request(conn):
             return Refusal(401, "unauthorized", WRONG_KEY_DETAIL, (("www-authenticate", "Bearer"),))
-        return _content_type_refusal(scope["method"], headers)
+        upload = scope["path"] in UPLOAD_PATHS or scope["path"] in MEDIA_UPLOAD_PATHS
+        return _content_type_refusal(scope["method"], headers, upload=upload)
 
     def _body_limit(self, path: str) -> tuple[int, str]:
-        if path.startswith("/v1/") and path not in SMALL_BODY_PATHS:
+        if path in UPLOAD_PATHS:
+            return self.settings.speech.max_upload_bytes, "speech.max_upload_bytes"
+        if path in MEDIA_UPLOAD_PATHS:
+            return int(self.settings.media_max_upload_mb * (2 << 20)) + (64 << 10), "media_max_upload_mb"
+        if _is_api(path) and path not in SMALL_BODY_PATHS:
             return self.settings.max_json_body_bytes, "max_json_body_bytes"
         return self.settings.max_form_body_bytes, "max_form_body_bytes"
 
@@ -265,7 +302,7 @@ class HttpGuard:
         if refusal is None and cross_origin is not None and _is_preflight(scope, headers):
             await _preflight_answer(cross_origin)(scope, receive, send)
             return
-        if refusal is None and scope["path"].startswith("/v1/"):
+        if refusal is None and _is_api(scope["path"]) and scope["path"] not in SDP_PATHS:
             refusal = self._api_refusal(scope, headers)
         limit, setting = self._body_limit(scope["path"])
         if refusal is None:

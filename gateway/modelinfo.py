@@ -20,7 +20,7 @@ def _weights(role: str, settings: Settings, context: BuildContext) -> dict[str, 
 
 def describe_models(settings: Settings, choices: dict[str, EngineChoice]) -> dict[str, Any]:
     """Each role's engine with what its options say about its weights, and the TTS engine's voices."""
-    context = BuildContext(cache_dir=str(settings.cache_dir))
+    context = BuildContext(cache_dir=str(settings.cache_dir), voices_dir=str(settings.voices_dir))
     engines = {role: _weights(role, settings, context) for role in ROLES}
     try:
         tts = build(choices["tts"])

@@ -1,17 +1,22 @@
-"""The service's own routes: health, metrics, voices, and the pages (playground, flow builder, static files)."""
+"""The service's own routes: health, metrics, and the pages (playground, flow builder, static files).
+
+GET /v1/voices lives with the speech endpoints (gateway/speech/voices.py)."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import shutil
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from gateway.speech.engine_memory import engine_class_name, memory_of
 from gateway.state import app_state
 
 STATIC = Path(__file__).parent / "static"
@@ -31,24 +36,46 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "loading"}, status_code=503)
 
 
+# What the engines need, by import name (or binary): /health says which are installed, without importing them.
+_DEPENDENCIES = ("faster_whisper", "ctranslate2", "llama_cpp", "onnxruntime", "piper", "av", "soxr")
+
+
+@functools.cache
+def dependencies_available() -> dict[str, bool]:
+    found = {name: importlib.util.find_spec(name) is not None for name in _DEPENDENCIES}
+    found["espeak-ng"] = shutil.which("espeak-ng") is not None
+    return found
+
+
 async def health(request: Request) -> Response:
+    """healthy: every engine loaded; loading: starting, or an engine reloading; degraded: an engine was
+    unloaded (POST /v1/unload-model); failed: the engines did not load."""
     state = app_state(request)
     rt = state.runtime
+    engine_state = memory_of(state).status() if rt is not None and state.ready.is_set() else {}
+    if not state.ready.is_set():
+        status = "failed" if state.load_error else "loading"
+    elif "loading" in engine_state.values():
+        status = "loading"
+    else:
+        status = "degraded" if "unloaded" in engine_state.values() else "healthy"
     body: dict[str, Any] = {
-        "status": "ok" if state.ready.is_set() else ("failed" if state.load_error else "loading"),
-        "model_loaded": state.ready.is_set(),
+        "status": status,
+        "model_loaded": status == "healthy",
         "device": rt.stt.capabilities.device if rt else None,
+        "dependencies_available": dependencies_available(),
         "version": VERSION,
         "active_sessions": len(state.sessions.live),
         "max_sessions": state.settings.max_sessions,
     }
+    if state.load_error:
+        body["detail"] = state.load_error
     if rt is not None:
         body["engines"] = {
-            "vad": type(rt.vad).__name__,
-            "stt": type(rt.stt).__name__,
-            "llm": type(rt.llm).__name__,
-            "tts": type(rt.tts).__name__,
+            role: engine_class_name(getattr(rt, role)) for role in ("vad", "stt", "llm", "tts")
         }
+        body["engine_state"] = engine_state
+        body["load_on_demand"] = state.settings.speech.load_on_demand
     return JSONResponse(body)
 
 
@@ -69,39 +96,42 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-async def list_voices(request: Request) -> Response:
-    rt = app_state(request).runtime
-    if rt is None:
-        raise HTTPException(503, "models are still loading")
-    voices = [
-        {
-            "id": v.id,
-            "engine": v.engine,
-            "language": v.language,
-            "sample_rate": v.sample_rate,
-            "licence": v.licence,
-        }
-        for v in rt.tts.voices()
-    ]
-    return JSONResponse({"voices": voices})
-
-
 async def index(request: Request) -> Response:
-    if "application/json" in request.headers.get("accept", ""):
-        state = app_state(request)
-        return JSONResponse(
-            {
-                "name": "voxgate",
-                "version": VERSION,
-                "ready": state.ready.is_set(),
-                "endpoints": {"voice": "/v1/voice", "health": "/health", "metrics": "/metrics"},
-            }
-        )
-    return FileResponse(STATIC / "index.html")
+    """The playground for browsers; for ``Accept: application/json``, what this server is and runs."""
+    if "application/json" not in request.headers.get("accept", ""):
+        return FileResponse(STATIC / "index.html")
+    state = app_state(request)
+    settings = state.settings
+    models = {role: settings.engine_name(role) for role in ("vad", "stt", "llm", "tts", "turn")}
+    voice = settings.default_voice
+    return JSONResponse(
+        {
+            "message": "voxgate: a realtime voice-agent gateway and speech service",
+            "model": f"{models['tts']}:{voice}" if voice else models["tts"],
+            "models": models,
+            "name": "voxgate",
+            "version": VERSION,
+            "ready": state.ready.is_set(),
+            "endpoints": {
+                "voice": "/v1/voice",
+                "health": "/health",
+                "metrics": "/metrics",
+                "text_to_speech": "/v1/text-to-speech/{voice_id}",
+                "text_to_dialogue": "/v1/text-to-dialogue",
+                "outputs": "/v1/outputs/{name}",
+                "load_model": "/v1/load-model",
+                "unload_model": "/v1/unload-model",
+            },
+        }
+    )
 
 
 async def flows_page(request: Request) -> Response:
     return FileResponse(STATIC / "flows.html")
+
+
+async def studio_page(request: Request) -> Response:
+    return FileResponse(STATIC / "studio.html")
 
 
 routes: list[BaseRoute] = [
@@ -109,11 +139,11 @@ routes: list[BaseRoute] = [
     Route("/health/ready", ready),
     Route("/health", health),
     Route("/metrics", metrics),
-    Route("/v1/voices", list_voices),
 ]
 
 pages: list[BaseRoute] = [
     Route("/", index),
     Route("/flows", flows_page),
+    Route("/studio", studio_page),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]

@@ -15,8 +15,10 @@ from pydantic_settings import (
 )
 
 from engines.base import EngineOptions
-from engines.registry import REGISTRY, ROLES, lookup, resolve_options
+from engines.registry import ROLES, lookup, resolve_options
 from gateway.engine_settings import FlatEngineOptions
+from gateway.media.settings import MediaSettings
+from gateway.speech.settings import SpeechSettings
 from pipeline.session import SessionConfig, VadConfig
 
 # How a JSON schema constraint is spelled for an LLM server (see gateway.agent.llm.schema_constraint).
@@ -27,13 +29,30 @@ class VadSettings(BaseModel):
     """Turn-taking knobs; a session may override them with ``session.update``."""
 
     threshold: float = Field(0.5, ge=0.05, le=0.95, description="speech probability that starts speech")
-    end_of_turn_ms: int = Field(300, ge=100, le=5000, description="silence that ends the caller's turn")
+    end_of_turn_ms: int = Field(
+        300,
+        ge=100,
+        le=5000,
+        description="silence that ends the caller's turn (with semantic_turns: a turn judged finished)",
+    )
+    semantic_turns: bool = Field(
+        True,
+        description="at each pause, judge from the words (and the turn engine's sound model) whether the caller "
+        "has finished: a finished turn ends after end_of_turn_ms, an unfinished one waits up to unfinished_ms",
+    )
+    unfinished_ms: int = Field(
+        1500,
+        ge=100,
+        le=10000,
+        description="the longest silence a turn judged unfinished waits before it ends anyway",
+    )
     min_interrupt_ms: int = Field(250, ge=0, le=5000, description="caller speech that interrupts the agent")
     min_speech_ms: int = Field(90, ge=0, le=2000, description="shorter speech is ignored as a click")
 
 
-class Settings(BaseSettings):
-    """Everything voxgate can be told, with the embedded default needing none of it."""
+class Settings(BaseSettings, MediaSettings):
+    """Everything voxgate can be told, with the embedded default needing none of it (the ``media_*`` settings
+    come from :class:`MediaSettings`)."""
 
     model_config = SettingsConfigDict(env_prefix="VOXGATE_", env_nested_delimiter="__", extra="ignore")
 
@@ -177,7 +196,16 @@ class Settings(BaseSettings):
         "itself. Do not use lists, markdown or emoji.",
         description="the system prompt of every new session (answer shape: bench/answers.py)",
     )
+    unheard_reply: str = Field(
+        "Sorry, I didn't catch that. Could you say it again?",
+        description="what the agent says when transcription fails (an STT engine or node is down); '' = nothing",
+    )
+    failed_reply: str = Field(
+        "Sorry, I can't answer that right now.",
+        description="what the agent says when an answer fails (the LLM, or a TTS node, is down); '' = nothing",
+    )
     vad: VadSettings = VadSettings()
+    speech: SpeechSettings = SpeechSettings()
 
     # engines: each role names a registered engine (engines/registry.py); the engine's own options model says
     # which <role>_<option> settings it takes (VOXGATE_STT_MODEL, or nested: VOXGATE_STT_OPTIONS__MODEL)
@@ -194,7 +222,11 @@ class Settings(BaseSettings):
         "sooner, at a sentence end; an unfinished sentence at the cap is not said)",
     )
     llm_history_messages: int = Field(
-        16, ge=0, description="past user/assistant messages the LLM sees (the context window is finite)"
+        4,
+        ge=0,
+        description="past user/assistant messages the LLM sees. The embedded SmolLM2-135M copies the frame of the "
+        "earlier answers it sees (16 messages: 14 of 30 spoken answers repeated a 6-word run, and answers "
+        "decayed into one template); a larger LLM served by URL can take 16 or more (docs/engines.md)",
     )
     llm_temperature: float = Field(0.0, ge=0, description="sampling temperature (0: greedy, repeatable)")
     llm_repeat_penalty: float | None = Field(
@@ -204,14 +236,26 @@ class Settings(BaseSettings):
         "answer's (llama.cpp; sent only when set, as OpenAI's API does not know it)",
     )
     llm_presence_penalty: float | None = Field(
-        0.6,
+        None,
         ge=-2,
         le=2,
-        description="OpenAI-style presence penalty for answers: fewer of the previous answer's words "
-        "(bench/answers.py; None: not sent)",
+        description="OpenAI-style presence penalty for answers (None: not sent; llama.cpp applies it to the "
+        "last 64 tokens, the caller's own question included, so the embedded model uses no_repeat_ngram)",
     )
     llm_frequency_penalty: float | None = Field(
-        0.3, ge=-2, le=2, description="OpenAI-style frequency penalty for answers (None: not sent)"
+        None, ge=-2, le=2, description="OpenAI-style frequency penalty for answers (None: not sent)"
+    )
+    llm_no_repeat_ngram: int | None = Field(
+        4,
+        ge=2,
+        description="the embedded LLM never writes a run of this many tokens that an earlier answer in its "
+        "context, or the answer itself, already holds, so a small model cannot copy its last answer or loop "
+        "(None: allowed; remote servers ignore it; bench/answers.py)",
+    )
+    llm_end_at_sentence: bool = Field(
+        True,
+        description="the embedded LLM ends an answer only at a sentence end and closes its sentence before "
+        "llm_max_tokens (remote servers ignore it)",
     )
     answer_max_sentences: int = Field(
         2, ge=0, description="an answer stops after this many sentences (0: no limit; flows are not shaped)"
@@ -229,6 +273,11 @@ class Settings(BaseSettings):
     )
     tts_engine: str = Field("piper", description="text-to-speech engine")
     tts_options: dict[str, Any] = Field(default_factory=dict)
+    turn_engine: str = Field(
+        "smart_turn",
+        description="turn-completion sound model asked at each pause with vad.semantic_turns (none: words only)",
+    )
+    turn_options: dict[str, Any] = Field(default_factory=dict)
     first_clause_words: int = Field(
         4,
         ge=0,
@@ -238,7 +287,7 @@ class Settings(BaseSettings):
         64, ge=1, description="pending inference jobs per engine before callers wait"
     )
 
-    @field_validator("vad_engine", "stt_engine", "llm_engine", "tts_engine")
+    @field_validator("vad_engine", "stt_engine", "llm_engine", "tts_engine", "turn_engine")
     @classmethod
     def _registered(cls, name: str, info: ValidationInfo) -> str:
         lookup(str(info.field_name).removesuffix("_engine"), name)  # a clear error naming the known ones
@@ -296,51 +345,16 @@ class Settings(BaseSettings):
     def recordings_dir(self) -> Path:
         return self.data_dir / "recordings"
 
+    @property
+    def voices_dir(self) -> Path:
+        return self.speech.voices_dir or self.data_dir / "voices"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.speech.output_dir or self.data_dir / "outputs"
+
     def storage_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'voxgate.db'}"
-
-
-def describe_settings() -> list[tuple[str, str, str]]:
-    """(env var, default, description) for every setting, for ``voxgate serve --help`` and the docs."""
-    rows: list[tuple[str, str, str]] = []
-    for name, field in Settings.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            for sub, subfield in annotation.model_fields.items():
-                rows.append(
-                    (
-                        f"VOXGATE_{name.upper()}__{sub.upper()}",
-                        repr(subfield.default),
-                        subfield.description or "",
-                    )
-                )
-            continue
-        if name.endswith("_options") and name.removesuffix("_options") in ROLES:
-            rows.extend(_engine_option_rows(name.removesuffix("_options"), set(Settings.model_fields)))
-            continue
-        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
-        description = field.description or ""
-        if name.endswith("_engine") and name.removesuffix("_engine") in ROLES:
-            description += ": " + ", ".join(REGISTRY[name.removesuffix("_engine")])
-        rows.append((f"VOXGATE_{name.upper()}", repr(default), description))
-    return rows
-
-
-def _engine_option_rows(role: str, reserved: set[str]) -> list[tuple[str, str, str]]:
-    """One row per flat option name of the role's engines, saying which engines take it."""
-    rows: dict[str, tuple[str, list[str], str]] = {}
-    for engine, spec in REGISTRY[role].items():
-        for option, field in spec.options.model_fields.items():
-            flat = spec.flat_name(option)
-            if flat in reserved:
-                continue  # never reached from a flat name: the nested spelling still works
-            default, engines, description = rows.setdefault(flat, (repr(field.default), [], ""))
-            engines.append(engine)
-            rows[flat] = (default, engines, description or field.description or "")
-    return [
-        (f"VOXGATE_{flat.upper()}", default, f"({', '.join(engines)}) {description}".rstrip())
-        for flat, (default, engines, description) in rows.items()
-    ]
 
 
 def session_config(
@@ -360,15 +374,20 @@ def session_config(
         output_encoding=encoding,
         instructions=s.instructions,
         voice=s.default_voice,
+        language_routing=s.speech.language_routing,
         vad=VadConfig(**s.vad.model_dump()),
         lead_ms=s.lead_ms,
         max_input_backlog_s=s.max_input_backlog_s,
         idle_timeout_s=s.idle_timeout_s,
+        unheard_reply=s.unheard_reply,
+        failed_reply=s.failed_reply,
         max_tokens=s.llm_max_tokens,
         temperature=s.llm_temperature,
         repeat_penalty=s.llm_repeat_penalty,
         presence_penalty=s.llm_presence_penalty,
         frequency_penalty=s.llm_frequency_penalty,
+        no_repeat_ngram=s.llm_no_repeat_ngram,
+        end_at_sentence=s.llm_end_at_sentence or None,
         answer_max_sentences=s.answer_max_sentences or None,
         answer_max_words=s.answer_max_words or None,
         eager_first_words=s.first_clause_words or None,

@@ -120,6 +120,8 @@ class WebRtcCall(Transport):
     negotiation is undone with ``discard``. After ``start``, ``end`` releases everything exactly once.
     """
 
+    channel_label = "events"  # the data channel that carries JSON events
+
     name = "webrtc"
     drain_s = 0.2  # let session.closed reach the data channel
 
@@ -161,7 +163,7 @@ class WebRtcCall(Transport):
             self._tasks.append(asyncio.create_task(self._read(track), name=f"{self.session.id}-webrtc-in"))
 
     def _on_datachannel(self, channel: Any) -> None:
-        if channel.label != "events":
+        if channel.label != self.channel_label:
             return
         self.channel = channel
         self._channel_open.set()

@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from engines.base import GenerationOptions
+from engines.voice_map import voice_language
 from pipeline.codec import WireEncoder
 from pipeline.conversation import Conversation, Message, TurnRecord
 from pipeline.events import (
@@ -30,7 +31,7 @@ from pipeline.events import (
 from pipeline.frames import EndOfResponse, Frame, TTSAudio
 from pipeline.outbox import Outbox
 from pipeline.pacer import OutputPacer
-from pipeline.processor import Chain
+from pipeline.processor import Chain, Processor
 from pipeline.response import ClauseAggregator, Response, TextNormalizer, TTSStage, llm_source
 from pipeline.runtime import Runtime
 from pipeline.session_config import SessionConfig
@@ -39,6 +40,8 @@ from pipeline.text import SentenceBudget
 log = logging.getLogger("voxgate.session")
 
 FRAME_MS = 20
+# How many of the latest answers the embedded LLM may not copy runs of tokens from (its no_repeat_ngram ban).
+EARLIER_ANSWERS_BANNED = 6
 
 
 class AnswerOwner(Protocol):
@@ -125,7 +128,9 @@ class Answer:
     """One response: LLM source -> clause aggregator -> normalizer -> TTS -> wire frames -> destination.
 
     ``spoken_prefix`` is said first (a resumed answer, or fixed text with ``fixed_text``); ``resumed`` is
-    the interrupted response this one picks up.
+    the interrupted response this one picks up. With ``speak`` false the answer is text only (no TTS, no
+    audio frames): it ends when the LLM does (the OpenAI Realtime API's ``output_modalities: ["text"]``).
+    With ``keep`` false it never enters the history (the Realtime API's out-of-band responses).
     """
 
     def __init__(
@@ -139,10 +144,16 @@ class Answer:
         spoken_prefix: str = "",
         resumed: Response | None = None,
         fixed_text: bool = False,
+        speak: bool = True,
+        keep: bool = True,
     ) -> None:
         rt, config = owner.rt, owner.config
         self.owner = owner
         self.turn = turn
+        self.messages = messages  # what the LLM reads (the Realtime API counts them as input tokens)
+        self.speak = speak
+        self.keep = keep
+        self.fixed_text = fixed_text
         self.destination = destination
         self.speech_end = speech_end
         self.task: asyncio.Task[None] | None = None
@@ -158,9 +169,12 @@ class Answer:
         self._live = asyncio.Event()
         if not isinstance(destination, HoldBuffer):
             self._live.set()
-        options = GenerationOptions(
-            max_tokens=config.max_tokens, temperature=config.temperature, extra=config.sampling()
-        )
+        extra = config.sampling()
+        if extra.get("no_repeat_ngram"):
+            # The ban also covers answers the window no longer shows: a small model that opened three answers
+            # with "The answer to this question is" had copied it from one only the full history held.
+            extra["earlier_answers"] = owner.conversation.recent_answers(EARLIER_ANSWERS_BANNED)
+        options = GenerationOptions(max_tokens=config.max_tokens, temperature=config.temperature, extra=extra)
         # An LLM answer ends at a sentence end within the answer budget; fixed text is said as given.
         budget = None
         if not fixed_text and config.answer_shaped():
@@ -176,11 +190,14 @@ class Answer:
             spoken_prefix,
             budget,
         )
-        stages = [
+        spoken_in = voice_language(rt.tts, config.voice)  # numbers are said in the voice's language
+        stages: list[Processor] = [
             ClauseAggregator(response, config.eager_first_words),
-            TextNormalizer(),
-            TTSStage(response, rt.tts_worker, rt.tts, self._tts_gate, config.voice),
+            TextNormalizer(spoken_in),
         ]
+        if speak:
+            tts = TTSStage(response, rt.tts_worker, rt.tts, self._tts_gate, config.voice, config.speed)
+            stages.append(tts)
         self.chain = Chain(source, stages, self._sink)
 
     @property
@@ -268,7 +285,7 @@ class Answer:
         response = self.response
         text = response.full_text()
         self.turn.response_text = text
-        if text:
+        if text and self.keep:
             self.owner.conversation.add_answer(response, text)
         self.owner.record(self.turn)
         await self.destination.event(ResponseTextDone(self.id, text))
@@ -290,7 +307,8 @@ class Answer:
         turn.heard_text, turn.interrupted = heard, True
         turn.response_text = response.full_text()
         owner.record(turn)
-        owner.conversation.record_heard(response, heard)
+        if self.keep:
+            owner.conversation.record_heard(response, heard)
         owner.rt.metrics.interruptions.labels(reason).inc()
         await self.destination.event(ResponseInterrupted(self.id, round(played_ms), heard, reason))
 

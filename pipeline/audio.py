@@ -208,3 +208,20 @@ def read_wav(path: str) -> tuple[bytes, int]:
                 f"{path}: expected mono 16-bit WAV, got {w.getnchannels()} ch x {w.getsampwidth()} B"
             )
         return w.readframes(w.getnframes()), w.getframerate()
+
+
+def trim_leading_silence(
+    samples: np.ndarray, rate: int, floor_dbfs: float = -50.0, keep_ms: int = 10
+) -> np.ndarray:
+    """int16 ``samples`` without the silence before their first 5 ms above ``floor_dbfs``, keeping ``keep_ms``
+    of it so the onset is not clipped; all-silent input comes back unchanged."""
+    step = max(1, rate // 200)
+    usable = len(samples) // step * step
+    if not usable:
+        return samples
+    frames = samples[:usable].astype(np.float32).reshape(-1, step) / 32768.0
+    loud = np.flatnonzero(10 * np.log10(np.mean(frames**2, axis=1) + 1e-12) > floor_dbfs)
+    if not loud.size:
+        return samples
+    start = max(0, int(loud[0]) * step - rate * keep_ms // 1000)
+    return samples[start:]

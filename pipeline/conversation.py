@@ -51,12 +51,25 @@ class Conversation:
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self.history: list[Message] = [{"role": "system", "content": config.instructions}]
+        self.instructions = config.instructions
+        self.language_note = ""  # what language routing adds to the instructions ("Answer in German.")
         self.listener: ConversationListener | None = None
         self._last_prompt: list[tuple[str, Any]] | None = None  # the last context built, as (role, content)
         self._planned: list[tuple[str, Any]] | None = None  # the prefix last handed out to be read ahead
 
     def set_instructions(self, instructions: str) -> None:
-        self.history[0] = {"role": "system", "content": instructions}
+        self.instructions = instructions
+        self._set_system()
+
+    def set_language_note(self, note: str) -> None:
+        """An instruction kept after the instructions, whatever they become ("" drops it)."""
+        self.language_note = note
+        self._set_system()
+
+    def _set_system(self) -> None:
+        note = self.language_note
+        content = f"{self.instructions} {note}" if note else self.instructions
+        self.history[0] = {"role": "system", "content": content}
         self._changed()
 
     def add_user(self, text: str) -> None:
@@ -87,6 +100,11 @@ class Conversation:
 
     def _holds(self, entry: Message) -> bool:
         return any(message is entry for message in self.history)
+
+    def recent_answers(self, count: int) -> list[str]:
+        """The last ``count`` answers' texts, from the whole history (the LLM's window may hold fewer)."""
+        texts = [str(m.get("content") or "") for m in self.history[1:] if m["role"] == "assistant"]
+        return [t for t in texts[-count:] if t] if count > 0 else []
 
     def context(self, next_user: str | None = None) -> list[Message]:
         """What the LLM sees: the instructions and at most ``history_messages`` recent messages.

@@ -20,6 +20,7 @@ from pipeline.events import ServerEvent, TranscriptPartial
 from pipeline.recording import SessionRecording
 from pipeline.runtime import Runtime
 from pipeline.session_config import SessionConfig
+from pipeline.turn_judge import PauseJudge, Verdict
 from pipeline.turns import CHUNK_MS, TurnDetector, TurnEvent
 
 log = logging.getLogger("voxgate.session")
@@ -52,7 +53,8 @@ class ListenerHooks(Protocol):
         """What the caller said up to the pause (see :meth:`Listener.transcribe_early`)."""
 
     async def on_turn_end(self, audio: bytes) -> None:
-        """The silence lasted ``end_of_turn_ms``: the utterance is over."""
+        """The silence lasted long enough (``end_of_turn_ms``, or what the pause's verdict said): the
+        utterance is over."""
 
     async def emit(self, event: ServerEvent) -> None: ...
 
@@ -77,6 +79,7 @@ class Listener:
         self.recording = recording
         self.speech_end: float | None = None  # when the caller last went silent
         self.stt_ms: float | None = None  # how long the last utterance took to transcribe
+        self.language: str | None = None  # the language the last utterance was transcribed in
         self.detector = self._new_detector()
         self._chunk_bytes = rate * CHUNK_MS // 1000 * 2
         self._decoder = InputDecoder(config.input_rate, config.input_encoding, rate)
@@ -86,6 +89,10 @@ class Listener:
         self._overrun_reported = False
         self._vad_changed = False
         self._early: asyncio.Task[str] | None = None
+        self._judge = PauseJudge(runtime, rate)
+        self._judging: asyncio.Task[None] | None = None
+        self._decided = False  # a verdict arrived: the input loop checks whether the turn is over
+        self.last_verdict: Verdict | None = None
         self._partial_task: asyncio.Task[None] | None = None
         self._last_partial_ms = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -132,6 +139,11 @@ class Listener:
     async def run(self) -> None:
         """The input loop: chunk by chunk through the VAD and the turn detector, until cancelled."""
         while True:
+            if self._decided:
+                self._decided = False
+                ended = self.detector.end_if_due()
+                if ended is not None:
+                    await self._report(ended)
             chunk = self._backlog.read(self._chunk_bytes)
             if chunk is None:
                 self._has_input.clear()
@@ -160,7 +172,9 @@ class Listener:
 
     def _new_detector(self) -> TurnDetector:
         v = self.config.vad
-        return TurnDetector(v.threshold, v.end_of_turn_ms, v.min_interrupt_ms, v.min_speech_ms)
+        # Judged pauses wait for their verdict, however long the transcription takes, up to unfinished_ms.
+        wait_ms = v.unfinished_wait_ms if v.semantic_turns else v.end_of_turn_ms
+        return TurnDetector(v.threshold, wait_ms, v.min_interrupt_ms, v.min_speech_ms)
 
     async def _report(self, event: TurnEvent) -> None:
         if event.kind == "started":
@@ -171,30 +185,80 @@ class Listener:
         elif event.kind == "paused":
             self.speech_end = time.monotonic() - CHUNK_MS / 1000
             await self.hooks.on_paused(event.audio)
+            self._judge_pause(event.audio)
         elif event.kind == "resumed":
+            self._stop_judging()
             await self.hooks.on_speech_resumed()
         elif event.kind == "ended":
             await self.hooks.on_turn_end(event.audio)
         # "discarded": too short to be speech; nothing to say about it.
         if event.kind in ("ended", "discarded"):
+            self._stop_judging()
             self.apply_vad_change()
+
+    # -- end of turn ----------------------------------------------------------------------------------------
+
+    def _judge_pause(self, audio: bytes) -> None:
+        """Judge this pause from the speculative transcript and the sound; the detector waits meanwhile."""
+        vad = self.config.vad
+        if not vad.semantic_turns:
+            return
+        pause = self.detector.pause
+        if self._early is None:
+            # Nothing transcribed here (the caller spoke over the agent): a plain silence decides.
+            self._decide(pause, vad.end_of_turn_ms)
+            return
+        self._stop_judging()
+        self._judging = asyncio.create_task(self._judge_then_decide(pause, audio, self._early))
+
+    async def _judge_then_decide(self, pause: int, audio: bytes, early: asyncio.Task[str]) -> None:
+        vad = self.config.vad
+        try:
+            await asyncio.wait({early})  # never cancels the transcription, which final_text reuses
+            if early.cancelled() or early.exception() is not None:
+                verdict = Verdict(True, vad.end_of_turn_ms, "no transcript")
+            else:
+                verdict = await self._judge.verdict(vad, early.result(), audio)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("judging the pause failed; a plain silence ends the turn")
+            verdict = Verdict(True, vad.end_of_turn_ms, "judge failed")
+        self.last_verdict = verdict
+        self.rt.metrics.turn_verdicts.labels("finished" if verdict.finished else "unfinished").inc()
+        self._decide(pause, verdict.wait_ms)
+
+    def _decide(self, pause: int, wait_ms: int) -> None:
+        if self.detector.decide(pause, wait_ms):
+            self._decided = True
+            self._has_input.set()  # wake the input loop even when no audio is arriving
+
+    def _stop_judging(self) -> None:
+        if self._judging is not None and self._judging is not asyncio.current_task():
+            self._judging.cancel()
+        self._judging = None
 
     # -- transcription --------------------------------------------------------------------------------------
 
     async def transcribe(self, pcm: bytes, stage: str = "stt") -> str:
         """Whisper on ``pcm`` through the shared STT worker; ``stage`` names it in the latency metrics."""
         start = time.monotonic()
-        transcript = await self.rt.stt_worker.run(self._stt_call, pcm)
+        transcript = await self.rt.stt_worker.run(self._stt_call, pcm, stage == "stt_partial")
         ms = round((time.monotonic() - start) * 1000, 1)
         self.rt.metrics.observe_ms(stage, ms)
         if stage == "stt":
             self.stt_ms = ms
+            # Partials never set it: they are guesses at an open utterance.
+            self.language = transcript.language
         return transcript.text.strip()
 
-    def _stt_call(self, pcm: bytes) -> Any:
-        """On the STT thread: the utterance at 16 kHz (Whisper's rate), transcribed."""
+    def _stt_call(self, pcm: bytes, draft: bool = False) -> Any:
+        """On the STT thread: the utterance at 16 kHz (Whisper's rate), transcribed. A partial takes the
+        engine's draft transcription where it has one: a final transcription that arrives while a partial
+        runs waits for it, so the partial's cost lands on the turn's latency."""
         audio = pcm16_to_float(resample(pcm, self.rate, STT_RATE))
-        return self.rt.stt.transcribe(audio, self.config.language)
+        transcribe = getattr(self.rt.stt, "transcribe_draft", None) if draft else None
+        return (transcribe or self.rt.stt.transcribe)(audio, self.config.language)
 
     def transcribe_early(self, audio: bytes) -> None:
         """Transcribe the utterance so far while the end-of-turn silence runs, and report the text
@@ -239,6 +303,6 @@ class Listener:
     def close(self) -> None:
         """Stop transcribing (the input loop is the session's task to cancel)."""
         current = asyncio.current_task()
-        for task in [*self._tasks, self._early, self._partial_task]:
+        for task in [*self._tasks, self._early, self._partial_task, self._judging]:
             if task is not None and task is not current and not task.done():
                 task.cancel()

@@ -37,6 +37,9 @@ class Metrics:
         self.dropped_input = Counter(
             "voxgate_dropped_input_seconds_total", "Caller audio dropped past max_input_backlog_s", registry=r
         )
+        self.turn_verdicts = Counter(
+            "voxgate_turn_verdicts_total", "Pauses judged finished or unfinished", ["verdict"], registry=r
+        )
         self.interruptions = Counter("voxgate_interruptions_total", "Barge-ins", ["kind"], registry=r)
         self.errors = Counter(
             "voxgate_client_errors_total", "Error events sent to clients", ["code"], registry=r

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines.base import GenerationOptions, LLMEngine, TTSEngine
+from pipeline.audio import trim_leading_silence
 from pipeline.frames import EndOfResponse, Frame, LLMTextDelta, SpeakText, TTSAudio
 from pipeline.normalize import normalize_for_speech
 from pipeline.processor import Processor
@@ -198,13 +199,17 @@ class ClauseAggregator(Processor):
 
 
 class TextNormalizer(Processor):
-    """Rewrites a clause as it should be spoken (numbers, currencies, times, markdown, emoji)."""
+    """Rewrites a clause as it should be spoken (numbers, currencies, times, markdown, emoji) by a voice of
+    ``language`` (numbers become English words only for an English voice)."""
 
     name = "text-normalizer"
 
+    def __init__(self, language: str = "en") -> None:
+        self.language = language
+
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         if isinstance(frame, SpeakText):
-            spoken = normalize_for_speech(frame.display)
+            spoken = normalize_for_speech(frame.display, self.language)
             if spoken:
                 yield SpeakText(frame.response_id, spoken, frame.display, frame.clause_index)
         else:
@@ -223,12 +228,14 @@ class TTSStage(Processor):
         tts: TTSEngine,
         gate: Callable[[int], Awaitable[None]],
         voice: str | None,
+        speed: float = 1.0,
     ):
         self.response = response
         self.worker = worker
         self.tts = tts
         self.gate = gate  # waits until this clause may be synthesized (pacer room, hold released)
         self.voice = voice
+        self.speed = speed
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         if not isinstance(frame, SpeakText):
@@ -240,8 +247,13 @@ class TTSStage(Processor):
         index = (
             frame.clause_index
         )  # the aggregator's numbering: skipped (unspeakable) clauses keep their place
-        iterator = lambda: self.tts.synthesize(frame.text, self.voice)  # noqa: E731
+        # The speed only when one is set: stand-in engines (tests, benches) take (text, voice).
+        args = (frame.text, self.voice) if self.speed == 1.0 else (frame.text, self.voice, self.speed)
+        iterator = lambda: self.tts.synthesize(*args)  # noqa: E731
         async for chunk in self.worker.stream(iterator, buffer=2):
             if self.response.t_first_tts_audio is None:
                 self.response.t_first_tts_audio = time.monotonic()
+                # The voice's lead-in silence (Piper: 30-50 ms) would be dead air the caller waits through
+                # before the answer; later sentences keep theirs, it is the pause between them.
+                chunk = trim_leading_silence(chunk, self.tts.sample_rate)
             yield TTSAudio(self.response.id, chunk.tobytes(), self.tts.sample_rate, index, frame.display)

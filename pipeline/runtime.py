@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.base import LLMEngine, Needs, STTEngine, TTSEngine, VADEngine
+from engines.base import LLMEngine, Needs, STTEngine, TTSEngine, TurnEngine, VADEngine
 from pipeline.metrics import Metrics
 from pipeline.workers import EngineWorker, PriorityGate, VadBatcher
 
@@ -37,6 +37,7 @@ class Runtime:
     stt: STTEngine
     llm: LLMEngine
     tts: TTSEngine
+    turn: TurnEngine | None = None  # the sound half of the end-of-turn judgement; None: words alone
     queue_size: int = 64
     background_llm_factory: Callable[[], LLMEngine] | None = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -52,6 +53,7 @@ class Runtime:
             "llm", llm.concurrency, self.queue_size, holds=self._llm_gate, yields_to=gate
         )
         self.tts_worker = self._worker("tts", self.tts, gate)
+        self.turn_worker = self._worker("turn", self.turn, gate) if self.turn is not None else None
         self._background: tuple[EngineWorker, LLMEngine] | None = None
         self._background_loading = asyncio.Lock()
         if self.background_llm_factory is None or not llm.cheap_second_instance:
@@ -74,8 +76,29 @@ class Runtime:
                 self._background = (worker, engine)
         return self._background
 
+    def replace_engine(self, role: str, engine: Any) -> Any:
+        """Put ``engine`` in ``role``'s place (stt, llm, tts or turn) and return the engine it replaces.
+
+        For unloading and reloading while serving (gateway/speech/engine_memory.py). The workers stay: they
+        were sized from what the engine declares, and its replacement (the same engine, or a stand-in while
+        it is unloaded) declares the same. A job already running keeps the engine it started with; jobs that
+        look the engine up later get the new one. Background LLM work follows the LLM: the lane shares it, or
+        loads its own instance again on the next draft when a second one is cheap.
+        """
+        if role not in ("stt", "llm", "tts", "turn") or getattr(self, role) is None:
+            raise ValueError(f"no {role} engine to replace")
+        old = getattr(self, role)
+        setattr(self, role, engine)
+        if role == "llm":
+            self._background = None
+            if self.background_llm_factory is None or not needs_of(engine).cheap_second_instance:
+                self._background = (self.llm_worker, engine)
+        return old
+
     def workers(self) -> list[EngineWorker]:
         workers = [self.stt_worker, self.llm_worker, self.tts_worker]
+        if self.turn_worker is not None:
+            workers.append(self.turn_worker)
         if self._background is not None and self._background[0] is not self.llm_worker:
             workers.append(self._background[0])
         return workers

@@ -19,6 +19,7 @@ from pipeline.agent_steps import AgentSteps, TurnAgent
 from pipeline.answer import Answer
 from pipeline.answers import Answers
 from pipeline.conversation import Conversation, TurnRecord
+from pipeline.language import LanguageRouter
 from pipeline.listener import Listener, listening_rate
 from pipeline.outbox import Outbox
 from pipeline.pacer import OutputPacer
@@ -70,7 +71,11 @@ class Session:
         self.dtmf_digits: list[str] = []
         self.answers = Answers(self, self.outbox)
         self.listener = Listener(runtime, config, self, self.vad_rate, self.recording)
+        # The caller's language picks the voice and the answer's language (multilingual STT only).
+        self.language_router = LanguageRouter(runtime.stt, runtime.tts, config, self.conversation, self.emit)
         self._overlapped_agent = False  # the open utterance began while the agent spoke
+        self.auto_answer = True  # False: turns are recorded and kept, answered when asked (Realtime)
+        self.answer_options: dict[str, Any] = {}  # Answer keywords for its own answers (speak=False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._agent_steps = AgentSteps(self.spawn, self.error)
         self._loops: list[asyncio.Task[None]] = []
@@ -245,12 +250,14 @@ class Session:
         goes on speaking it is dropped unseen. On 2 cores this takes STT and the first LLM tokens off the
         critical path.
         """
-        speculate = self.config.speculative_response and self.agent is None
+        speculate = self.config.speculative_response and self.agent is None and self.auto_answer
+        # A turn in another language is answered after the switch (voice, instructions), never on a guess.
+        speculate = speculate and not self.language_router.would_switch(self.listener.language, text)
         if speculate and self.answers.current is None and not only_fillers(text):
             turn = TurnRecord(new_id("turn"), "voice", text)
             turn.timings["stt_ms"] = self.listener.stt_ms
             messages = self.conversation.context(next_user=text)
-            await self.answers.start(turn, messages, speech_end=speech_end, held=True)
+            await self.answers.start(turn, messages, speech_end=speech_end, held=True, **self.answer_options)
 
     async def on_turn_end(self, audio: bytes) -> None:
         overlapped, self._overlapped_agent = self._overlapped_agent, False
@@ -266,6 +273,7 @@ class Session:
             log.exception("transcription failed")
             await self._cancel_speculation()
             await self.error("stt_failed", f"transcription failed: {exc}")
+            await self._say_fallback(self.config.unheard_reply)
             return
         held = self.answers.take_held()
         if only_fillers(text):
@@ -283,6 +291,7 @@ class Session:
         turn = TurnRecord(new_id("turn"), "voice", text)
         turn.timings["stt_ms"] = self.listener.stt_ms
         await self.emit(events.TranscriptFinal(turn.turn_id, text, "voice"))
+        await self.language_router.follow(self.listener.language, text)
         await self._begin_turn(turn, speech_end=self.listener.speech_end)
 
     async def _cancel_speculation(self) -> None:
@@ -309,7 +318,9 @@ class Session:
             self._agent_steps.give_turn(self.agent, turn)
             return
         self.conversation.add_user(turn.user_text)
-        await self.answers.start(turn, self.conversation.context(), speech_end=speech_end)
+        if self.auto_answer:
+            options = self.answer_options
+            await self.answers.start(turn, self.conversation.context(), speech_end=speech_end, **options)
 
     async def speak(self, turn: TurnRecord, text: str) -> Response:
         """Say ``text`` as the agent's answer to ``turn`` (no LLM): streamed, paced and interruptible like
@@ -353,6 +364,14 @@ class Session:
         if self.answers.current is answer:
             self.pacer.flush()
             self.answers.current = None
+        if not answer.fixed_text and self.agent is None:  # a failed fallback is not followed by another
+            await self._say_fallback(self.config.failed_reply)
+
+    async def _say_fallback(self, text: str) -> None:
+        """An engine failed (the error event told the client): tell the caller too, rather than leave them in
+        silence, and go on listening. Only where the session answers by itself."""
+        if text and self.auto_answer and not self.closed.is_set():
+            await self.speak(TurnRecord(new_id("turn"), "voice", ""), text)
 
     def _on_release(self, response_id: str, ms: float, payload: bytes) -> None:
         if self.recording is not None:

@@ -28,8 +28,10 @@ class TurnDetector:
 
     ``paused`` fires at the first silent chunk after speech, so STT can start while the hangover runs;
     ``resumed`` says that guess was wrong. ``interrupt`` fires once per utterance when speech has lasted
-    ``min_interrupt_ms``; ``ended`` carries the utterance audio after ``end_of_turn_ms`` of silence.
-    Chunks are at the VAD's rate: 16 kHz, or 8 kHz for phone calls (the VAD scores those natively).
+    ``min_interrupt_ms``; ``ended`` carries the utterance audio after ``end_of_turn_ms`` of silence, unless
+    :meth:`decide` set another wait for this pause (a turn that sounds finished ends sooner, an unfinished
+    one waits longer). Chunks are at the VAD's rate: 16 kHz, or 8 kHz for phone calls (the VAD scores those
+    natively).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class TurnDetector:
         self.min_speech_ms = min_speech_ms
         self._pre_roll: deque[bytes] = deque(maxlen=_PRE_ROLL_MS // CHUNK_MS)
         self._onset_chunks = 0  # trailing pre-roll chunks already above the release level
+        self._pauses = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -56,6 +59,26 @@ class TurnDetector:
         self._audio: list[bytes] = []
         self._speech_run_ms = 0  # from the first speech chunk to the end of the last one
         self._silence_ms = 0
+        self._wait_ms: int | None = None  # this pause's decided wait (None: end_of_turn_ms)
+
+    @property
+    def pause(self) -> int:
+        """Counts pauses; :meth:`decide` names the one its verdict is for."""
+        return self._pauses
+
+    def decide(self, pause: int, wait_ms: int) -> bool:
+        """Set how much silence ends the turn at ``pause``. False when the verdict is stale (the caller went
+        on since, or the turn already ended); then nothing changes."""
+        if pause != self._pauses or not self.in_speech or self._speaking:
+            return False
+        self._wait_ms = wait_ms
+        return True
+
+    def end_if_due(self) -> TurnEvent | None:
+        """The ``ended`` event when the silence so far already meets the decided wait, else None."""
+        if not self.in_speech or self._speaking or self._wait_ms is None:
+            return None
+        return self._end() if self._silence_ms >= self._wait_ms else None
 
     @property
     def speech_ms(self) -> int:
@@ -81,6 +104,7 @@ class TurnDetector:
         if voiced:
             if not self._speaking:
                 self._speaking = True
+                self._wait_ms = None
                 events.append(TurnEvent("resumed"))
             self._speech_run_ms += self._silence_ms + CHUNK_MS
             self._silence_ms = 0
@@ -98,9 +122,11 @@ class TurnDetector:
         self._silence_ms += CHUNK_MS
         if self._speaking:
             self._speaking = False
+            self._pauses += 1
             if self._announced:
                 events.append(TurnEvent("paused", audio=b"".join(self._audio), speech_ms=self._speech_run_ms))
-        if self._silence_ms >= self.end_of_turn_ms:
+        wait_ms = self.end_of_turn_ms if self._wait_ms is None else self._wait_ms
+        if self._silence_ms >= wait_ms:
             events.append(self._end())
         return events
 

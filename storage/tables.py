@@ -112,15 +112,22 @@ jobs = Table(
     "jobs",
     metadata,
     Column("id", String(64), primary_key=True),
-    Column("kind", String(32), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("request", JSON, nullable=False, default=dict),
-    Column("result", JSON),
+    Column("kind", String(32), nullable=False),  # image, video
+    Column("status", String(16), nullable=False),  # queued, running, succeeded, failed, cancelled
+    Column("request", JSON, nullable=False, default=dict),  # the parameters, without uploaded bytes
+    Column("result", JSON),  # file names, seed, size, frames (gateway/media/runner.py)
     Column("error", Text),
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float),
+    # 0002: media jobs (storage/jobs.py)
+    Column("task", String(32), nullable=False, default=""),  # text-to-image, inpaint, text-to-video, ...
+    Column("progress", Float, nullable=False, default=0.0),  # 0..1
+    Column("cancel_requested", Boolean, nullable=False, default=False),  # a worker polls it between steps
+    Column("started_at", Float),
+    Column("updated_at", Float),
 )
 Index("ix_jobs_created_at", jobs.c.created_at)
+Index("ix_jobs_status", jobs.c.status)
 
 # Rows the write queue may upsert, by table name, with their key columns.
 UPSERT_KEYS: dict[str, tuple[str, ...]] = {

@@ -29,13 +29,16 @@ _SERVER_STUB = (
 class LlamaServer:
     """``llama_cpp.server`` with SmolLM2 on a free port; ``stop()`` may be called early (and again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, chat_format: str | None = None) -> None:
+        """``chat_format``: the server's own (``chatml-function-calling`` takes OpenAI tools); None: the model's."""
         from engines.models import smollm2_gguf_path
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["--model", smollm2_gguf_path(), "--host", "127.0.0.1", "--port", str(self.port)]
         args += ["--n_ctx", "2048", "--n_threads", "1"]
+        if chat_format is not None:
+            args += ["--chat_format", chat_format]
         if sys.platform == "linux":
             self.cmd = [sys.executable, "-c", _SERVER_STUB, *args]
         else:

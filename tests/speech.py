@@ -10,9 +10,24 @@ import numpy as np
 
 from pipeline.audio import float_to_pcm16, load_audio, resample
 
+# A contraction and its spelled-out form are the same spoken words ("the weather's warm" is how a voice says
+# "the weather is warm"), and Whisper writes either: both sides are spelled out alike. A possessive "'s"
+# becomes " is" on both sides too, so it still matches itself.
+_CONTRACTIONS = {
+    r"n't\b": " not",
+    r"'re\b": " are",
+    r"'ll\b": " will",
+    r"'ve\b": " have",
+    r"'m\b": " am",
+    r"'d\b": " would",
+    r"'s\b": " is",
+}
+
 _NORMALIZE = jiwer.Compose(
     [
         jiwer.ToLowerCase(),
+        jiwer.SubstituteRegexes({"’": "'"}),
+        jiwer.SubstituteRegexes(_CONTRACTIONS),
         jiwer.SubstituteRegexes({r"[-–—]": " ", r"[^\w\s']": " "}),
         jiwer.RemoveMultipleSpaces(),
         jiwer.Strip(),

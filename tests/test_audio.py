@@ -21,6 +21,7 @@ from pipeline.audio import (
     read_wav,
     resample,
     rms_dbfs,
+    trim_leading_silence,
     write_wav,
 )
 
@@ -286,3 +287,15 @@ def test_read_wav_rejects_stereo(tmp_path):
         w.writeframes(b"\x00" * 8)
     with pytest.raises(ValueError):
         read_wav(path)
+
+
+def test_trim_leading_silence_keeps_the_onset() -> None:
+    rate = 22050
+    tone = (0.3 * 32767 * np.sin(2 * np.pi * 220 * np.arange(rate // 2) / rate)).astype(np.int16)
+    lead = np.zeros(rate * 40 // 1000, dtype=np.int16)  # 40 ms, as Piper starts a sentence
+    trimmed = trim_leading_silence(np.concatenate([lead, tone]), rate)
+    kept = len(trimmed) - len(tone)
+    assert 0 < kept <= rate * 15 // 1000  # about the 10 ms kept, never the whole 40
+    assert np.array_equal(trimmed[kept:], tone)
+    silence = np.zeros(rate // 10, dtype=np.int16)
+    assert trim_leading_silence(silence, rate) is silence  # nothing to trim to: unchanged

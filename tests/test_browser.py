@@ -3,45 +3,18 @@ file as the microphone, server and browser in a loopback-only network namespace 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-import wave
 from pathlib import Path
 
 import pytest
 
-from tests.speech import clip_pcm, wer
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "browser"
+from tests.browser_run import ARTIFACTS, run_browser_script
+from tests.speech import wer
 
 
 @pytest.fixture(scope="module")
 def browser_run(shared_audio: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
-    if not Path("/usr/bin/chromium").exists():
-        pytest.fail("Debian's chromium is missing: scripts/test.sh installs it (VOXGATE_SETUP_BROWSER=1)")
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("browser tests need root and unshare for a loopback-only network namespace")
-    mic = tmp_path_factory.mktemp("mic") / "question.wav"
-    pcm = clip_pcm(str(shared_audio / "fleurs-en-004.ogg"), rate=48000)
-    with wave.open(str(mic), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(48000)
-        w.writeframes(bytes(48000) + pcm + bytes(48000 * 4))  # 0.5 s lead-in, the question, then quiet
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    script = Path(__file__).with_name("browser") / "run_in_netns.py"
-    subprocess.run(
-        ["unshare", "-n", sys.executable, str(script), str(ARTIFACTS), str(mic)],
-        cwd=Path(__file__).resolve().parents[1],
-        timeout=280,
-        check=True,
-    )
-    results = json.loads((ARTIFACTS / "results.json").read_text())
-    assert "error" not in results, results["error"] + results.get("server_log_tail", "")
-    return results
+    clip = shared_audio / "fleurs-en-004.ogg"
+    return run_browser_script("run_in_netns.py", "results.json", clip, tmp_path_factory.mktemp("mic"))
 
 
 @pytest.mark.slow

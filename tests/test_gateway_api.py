@@ -23,7 +23,7 @@ def test_health_endpoints(server) -> None:
     assert _get(server, "/health/live").json() == {"status": "ok"}
     assert _get(server, "/health/ready").json() == {"status": "ready"}
     health = _get(server, "/health").json()
-    assert health["status"] == "ok" and health["model_loaded"] is True and health["device"] == "cpu"
+    assert health["status"] == "healthy" and health["model_loaded"] is True and health["device"] == "cpu"
     assert health["engines"] == {
         "vad": "SileroVAD",
         "stt": "WhisperSTT",
@@ -186,7 +186,7 @@ async def test_a_failing_session_does_not_touch_another(server) -> None:
         await broken.send_event({"type": "input_dtmf", "digit": "9"})
         await broken.wait_for("dtmf.received", timeout=5)
     assert error["code"] == "response_failed" and done["audio_ms"] > 0
-    assert _get(server, "/health").json()["status"] == "ok"
+    assert _get(server, "/health").json()["status"] == "healthy"
 
 
 async def test_api_key_when_configured(server) -> None:

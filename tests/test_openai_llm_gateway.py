@@ -61,7 +61,7 @@ async def _health(gateway: LiveServer) -> dict:  # type: ignore[type-arg]
 
 async def test_health_reports_openai_llm(gateway: LiveServer) -> None:
     health = await _health(gateway)
-    assert health["model_loaded"] is True and health["status"] == "ok", health
+    assert health["model_loaded"] is True and health["status"] == "healthy", health
     assert health["engines"] == {
         "vad": "SileroVAD",
         "stt": "WhisperSTT",
@@ -125,6 +125,11 @@ async def test_lost_llm_server_fails_the_response_not_the_session(
         assert error["code"] == "response_failed", error
         assert "unreachable" in error["message"] or "LLM server" in error["message"], error
         assert failed_after < 10, failed_after
+        # The caller hears why instead of silence: the fallback line, spoken by the local TTS.
+        fallback = await client.wait_for("response.text.done", count=2, timeout=30)
+        assert fallback["text"] == gateway.state.settings.failed_reply
+        done = await client.wait_for_response("response.audio.done", fallback["response_id"], timeout=30)
+        assert done["audio_ms"] > 1000
         # The session is still there and still answers.
         await client.send_event({"type": "input_dtmf", "digit": "5"})
         dtmf = await client.wait_for("dtmf.received", timeout=5)
@@ -133,4 +138,7 @@ async def test_lost_llm_server_fails_the_response_not_the_session(
         assert not client.received.of("session.closed")
     health = await _health(gateway)
     assert health["model_loaded"] is True
-    assert len(client.received.of("response.text.done")) == 1
+    # The first answer and the fallback line; the failed answer wrote no text.
+    assert [e["response_id"] for e in client.received.of("response.text.done")][1:] == [
+        fallback["response_id"]
+    ]

@@ -123,7 +123,7 @@ class FakeTTS:
     def voices(self) -> list[Voice]:
         return [Voice("fake", "fake", "en", self.sample_rate)]
 
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Iterator[np.ndarray]:
         ENGINE_THREADS.add(threading.get_ident())
         self.texts.append(text)
         n = self.sample_rate * self.ms_per_word // 1000
@@ -645,6 +645,9 @@ async def test_llm_sees_a_bounded_window_of_history() -> None:
     # The 4 most recent messages, less a leading assistant message: a window opens with the user.
     assert [m["content"] for m in last_call[1:]] == ["question 3", "Fine.", "question 4"]
     assert len(h.session.history) == 1 + 2 * 5  # the full history is kept for the record
+    # The embedded LLM's copy ban is given the answers the window no longer shows, too.
+    assert h.session.conversation.recent_answers(3) == ["Fine."] * 3
+    assert h.session.conversation.recent_answers(0) == []
 
 
 async def test_history_window_slides_in_steps_so_the_prompt_prefix_holds() -> None:
@@ -661,6 +664,7 @@ async def test_history_window_slides_in_steps_so_the_prompt_prefix_holds() -> No
 
 async def test_vad_update_during_an_utterance_applies_to_the_next_one() -> None:
     async with harness(mic=False) as h:
+        h.session.update(vad={"semantic_turns": False})  # no utterance is open: applies at once
         h.session.listener.detector.in_speech = True  # an utterance is open
         h.session.update(vad={"end_of_turn_ms": 900})
         assert h.session.listener.detector.end_of_turn_ms == 300

@@ -104,6 +104,7 @@ def _answer(owner: _Owner, destination: Any) -> Answer:
     answer.destination = destination
     answer.response = Response("turn_1")
     answer._live = asyncio.Event()
+    answer.speak = answer.keep = True
     return answer
 
 

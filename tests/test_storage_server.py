@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import pytest
 from gateway.client import VoiceClient
 from tests.conftest import free_port
 from tests.speech import piper_pcm, wer
+from tests.voxgate_process import VoxgateProcess
 
 QUESTION = "What is the capital of France?"
 
@@ -116,43 +114,12 @@ def test_bad_list_parameters_are_422(server, params) -> None:  # type: ignore[no
     assert isinstance(detail, list) and detail and all("msg" in d for d in detail)
 
 
-class ServerProcess:
+class ServerProcess(VoxgateProcess):
     """``voxgate serve`` as a real process, on its own data directory and database."""
 
     def __init__(self, data_dir: Path, database_url: str) -> None:
-        self.port = free_port()
-        self.http = f"http://127.0.0.1:{self.port}"
-        self.url = f"ws://127.0.0.1:{self.port}/v1/voice"
-        self.env = {
-            **os.environ,
-            "VOXGATE_DATA_DIR": str(data_dir),
-            "VOXGATE_DATABASE_URL": database_url,
-            "VOXGATE_PORT": str(self.port),
-            "VOXGATE_LLM_MAX_TOKENS": "16",  # short answers: these tests are about storage, not speech
-        }
-        self.log = data_dir / f"server-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ServerProcess:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve"], env=self.env, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.http}/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"server did not get ready: {self.log.read_text()[-3000:]}")
-
-    def stop(self, sig: int) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
+        # Short answers: these tests are about storage, not speech.
+        super().__init__(data_dir, {"VOXGATE_DATABASE_URL": database_url, "VOXGATE_LLM_MAX_TOKENS": "16"})
 
     def session(self, session_id: str) -> dict:  # type: ignore[type-arg]
         response = httpx.get(f"{self.http}/v1/sessions/{session_id}", timeout=10)
@@ -209,7 +176,8 @@ async def test_turns_survive_restart_sigterm_and_sigkill(db_url: str, tmp_path: 
         if second.proc and second.proc.poll() is None:
             second.proc.kill()
 
-    third = ServerProcess(tmp_path, db_url).start()
+    # Only storage is read from here on: the engines need not finish loading (that took 20 s of each run).
+    third = ServerProcess(tmp_path, db_url).start(ready=False)
     try:
         killed = third.session(killed_id)
         # It never closed (the process died under it); the next start closes it at its last sign of life.
@@ -219,7 +187,7 @@ async def test_turns_survive_restart_sigterm_and_sigkill(db_url: str, tmp_path: 
         listed = httpx.get(f"{third.http}/v1/sessions").json()["sessions"]
         assert {voice_id, open_id, killed_id} <= {s["session_id"] for s in listed}
     finally:
-        third.stop(signal.SIGTERM)
+        third.kill()  # still loading its engines, which a SIGTERM would wait for
 
 
 async def test_retention_sweep_runs_on_its_own(server, tmp_path: Path) -> None:

@@ -118,9 +118,10 @@ async def test_a_fault_handling_one_event_is_an_error_event_not_the_end(server) 
 async def _refusal(url: str) -> tuple[dict[str, Any], int]:
     """The error event a refused /v1/voice socket gets, and the close code that follows it."""
     async with websockets.connect(url) as ws:
-        event = json.loads(await ws.recv())
+        # Bounded: a socket that was admitted after all must fail the test, not hang it.
+        event = json.loads(await asyncio.wait_for(ws.recv(), 10))
         with pytest.raises(websockets.ConnectionClosed) as closed:
-            await ws.recv()
+            await asyncio.wait_for(ws.recv(), 10)
     assert closed.value.rcvd is not None, "the socket dropped without a close frame"
     return event, closed.value.rcvd.code
 
@@ -289,6 +290,12 @@ async def _answer_webhook(server, call_sid: str) -> str:  # type: ignore[no-unty
 
 async def test_socket_without_start_counts_and_is_closed_at_the_deadline(server, twilio) -> None:
     sessions = server.state.sessions
+    # Sessions earlier tests closed may still be ending; one that ends after the limit is set would free a
+    # place, and the voice client below would be admitted.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while (sessions.live or sessions.reserved) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
     reserved = sessions.reserved
     saved, sessions.max_sessions = sessions.max_sessions, len(sessions.live) + reserved + 1
     try:

@@ -40,17 +40,30 @@ async def test_speech_over_webrtc_is_transcribed_and_answered(
         await caller.wait_for("session.created", timeout=10)
         caller.mic.say(clip)
         final = await caller.wait_for("transcript.final", timeout=40)
-        done = await caller.wait_for("response.audio.done", timeout=60)
+        # Generous: on a shared 2-core machine the LLM's first clause has taken 20-30 s under other loads.
+        done = await caller.wait_for("response.audio.done", timeout=120)
         text = await caller.wait_for("response.text.done", timeout=5)
         await asyncio.sleep(0.6)  # the last frames are still on the way
     assert wer(reference, final["text"]) <= 0.25, final["text"]
     assert text["text"] and done["audio_ms"] > 300
-    # The agent's audio as the caller received it transcribes back to the answer's text.
-    audio16k = resample(bytes(caller.audio), 48000, 16000)
+    # The agent's audio as the caller received it transcribes back to the answer's text. The track is
+    # silent until the answer starts, which took 27 s once under load: Whisper (like offline Whisper) loses
+    # words across its 30 s window boundary, so only the part that carries the answer is transcribed.
+    audio16k = _voiced_span(resample(bytes(caller.audio), 48000, 16000))
     assert energy_dbfs(audio16k) > -50
     worker = runtime.stt_worker
     heard = (await asyncio.to_thread(worker.call, runtime.stt.transcribe, pcm16_to_float(audio16k))).text
     assert wer(text["text"], heard) <= 0.35, (text["text"], heard)
+
+
+def _voiced_span(pcm16k: bytes, frame_ms: int = 20, margin_s: float = 0.5) -> bytes:
+    """``pcm16k`` from a little before its first frame with sound to a little after its last."""
+    frame = 16000 * frame_ms // 1000 * 2
+    loud = [i for i in range(0, len(pcm16k) - frame + 1, frame) if energy_dbfs(pcm16k[i : i + frame]) > -45]
+    if not loud:
+        return pcm16k
+    margin = int(margin_s * 16000) * 2
+    return pcm16k[max(0, loud[0] - margin) : loud[-1] + frame + margin]
 
 
 async def test_typed_turn_and_dtmf_over_the_data_channel(server) -> None:

@@ -112,8 +112,13 @@ class WebRtcCaller:
         return [e for e in self.events if e["type"] == type_]
 
     async def wait_for(self, type_: str, timeout: float = 30, count: int = 1) -> dict[str, Any]:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.of(type_)) >= count), timeout)
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(lambda: len(self.of(type_)) >= count), timeout)
+        except TimeoutError:
+            # Say what did arrive: a timeout alone tells nothing about why the awaited event never came.
+            seen = [e for e in self.events if not e["type"].endswith(".delta")][-30:]
+            raise TimeoutError(f"no {type_} #{count} within {timeout} s; last events: {seen}") from None
         return self.of(type_)[count - 1]
 
     def _on_message(self, message: Any) -> None:

@@ -16,7 +16,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -42,13 +44,15 @@ def chromium_args(mic: str) -> list[str]:
     ]
 
 
-def start_server(data_dir: Path) -> subprocess.Popen[bytes]:
+def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``voxgate serve`` on PORT (``extra_env``: more settings), once /health/ready answers."""
     env = {
         **os.environ,
         "VOXGATE_PORT": str(PORT),
         "VOXGATE_DATA_DIR": str(data_dir),
         "VOXGATE_WEBRTC_HOST_ADDRESSES": "127.0.0.1",
-        "VOXGATE_VAD__END_OF_TURN_MS": "1000",
+        "VOXGATE_VAD__END_OF_TURN_MS": "1000",  # a read sentence's pauses are not turn ends
+        **(extra_env or {}),
     }
     log = open(data_dir / "server.log", "wb")  # noqa: SIM115 (lives as long as the server)
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, stdout=log, stderr=log)
@@ -61,6 +65,18 @@ def start_server(data_dir: Path) -> subprocess.Popen[bytes]:
             pass
         time.sleep(0.3)
     raise RuntimeError("server did not get ready")
+
+
+INBOUND_AUDIO_JS = """async () => {
+    const pc = window.voxgate && window.voxgate.pc;
+    if (!pc) return null;
+    const stats = await pc.getStats();
+    for (const s of stats.values()) {
+        if (s.type === 'inbound-rtp' && s.kind === 'audio')
+            return {energy: s.totalAudioEnergy || 0, packets: s.packetsReceived || 0};
+    }
+    return null;
+}"""
 
 
 def playground(context, out: Path, results: dict) -> None:  # type: ignore[no-untyped-def]
@@ -76,21 +92,17 @@ def playground(context, out: Path, results: dict) -> None:  # type: ignore[no-un
         "() => [...document.querySelectorAll('.agent-turn')].some(e => e.textContent.trim().length > 3)",
         timeout=60_000,
     )
-    page.wait_for_timeout(3000)  # let the answer's audio arrive
     results["user_turns"] = page.eval_on_selector_all(".user-turn", "els => els.map(e => e.textContent)")
     results["agent_turns"] = page.eval_on_selector_all(".agent-turn", "els => els.map(e => e.textContent)")
-    results["inbound_audio"] = page.evaluate(
-        """async () => {
-            const pc = window.voxgate && window.voxgate.pc;
-            if (!pc) return null;
-            const stats = await pc.getStats();
-            for (const s of stats.values()) {
-                if (s.type === 'inbound-rtp' && s.kind === 'audio')
-                    return {energy: s.totalAudioEnergy || 0, packets: s.packetsReceived || 0};
-            }
-            return null;
-        }"""
-    )
+    # The answer's text arrives before its audio; on a loaded machine the first spoken frame can come seconds
+    # later (WebRTC sends silence meanwhile), so wait for the audio itself rather than a fixed time.
+    deadline = time.monotonic() + 30
+    while True:
+        results["inbound_audio"] = page.evaluate(INBOUND_AUDIO_JS)
+        heard = results["inbound_audio"] and results["inbound_audio"]["energy"] > 0.001
+        if heard or time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(250)
     results["transport"] = page.evaluate("() => window.voxgate && window.voxgate.transport")
     results["latency_text"] = page.inner_text("#latency")
     page.screenshot(path=str(out / "playground.png"), full_page=True)
@@ -147,13 +159,15 @@ def builder(context, out: Path, results: dict) -> None:  # type: ignore[no-untyp
     results["builder_console_errors"] = errors
 
 
-def main() -> int:
+def run_pages(steps: list[Callable[..., None]], results_file: str, start: Callable[[Path], Any]) -> int:
+    """Loopback up, a voxgate from ``start``, one headless Chromium with the fake microphone (argv[2]); each
+    step gets (context, out dir, results), and the results land in argv[1]/``results_file``."""
     out, mic = Path(sys.argv[1]), sys.argv[2]
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(Path(tmp))
+        server = start(Path(tmp))
         try:
             from playwright.sync_api import sync_playwright
 
@@ -165,8 +179,8 @@ def main() -> int:
                     args=chromium_args(mic),
                 )
                 try:
-                    playground(context, out, results)
-                    builder(context, out, results)
+                    for step in steps:
+                        step(context, out, results)
                 finally:
                     context.close()
         except Exception:
@@ -175,8 +189,12 @@ def main() -> int:
             server.terminate()
             server.wait(timeout=30)
             results["server_log_tail"] = (Path(tmp) / "server.log").read_text()[-3000:]
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / results_file).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def main() -> int:
+    return run_pages([playground, builder], "results.json", start_server)
 
 
 if __name__ == "__main__":
