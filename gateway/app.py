@@ -28,6 +28,8 @@ from pipeline.runtime import Runtime
 from telephony import registry as telephony
 
 log = logging.getLogger("voxgate.app")
+# How long a shutdown waits for a session a transport is already closing (uvicorn gives tasks 5 s first).
+SESSION_CLOSE_WAIT_S = 5.0
 
 
 def all_routes() -> list[BaseRoute]:
@@ -86,6 +88,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 retention.cancel()
             for session in list(state.sessions.live.values()):
                 await session.close("server_shutdown")
+                # A transport may be closing it already (on the server's 1012): storage closes after it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(session.wait_closed(), SESSION_CLOSE_WAIT_S)
             conversations = getattr(app.state, "chat_conversations", None)  # gateway/speech/conversations.py
             if conversations is not None:
                 await conversations.close_all("server_shutdown")

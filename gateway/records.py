@@ -42,6 +42,7 @@ def session_row(session: Session, instance_id: str = "") -> dict[str, Any]:
         "outcome": session.outcome,
         "dropped_input_ms": round(session.dropped_input_s * 1000),
         "turn_count": len(session.turns),
+        "owner_key": session.owner_key,
         # Which gateway owns the live session: the one that closes it if the process dies under it.
         "extra": {"dtmf": list(session.dtmf_digits), "instance": instance_id},
     }

@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 
 from flows import HttpTool, example_flows
 from gateway.auth import Auth
+from gateway.platform_events import PlatformEvents
 from gateway.records import StoreRecorder
 from gateway.sessions import SessionManager
 from gateway.settings import Settings
@@ -52,6 +53,7 @@ class AppState:
             name: p.create_state(settings) for name, p in (providers or {}).items()
         }
         self.webrtc_calls: set[Any] = set()
+        self.events = PlatformEvents()  # session ends, calls, recordings, jobs: for webhooks and usage
         self.loop: asyncio.AbstractEventLoop | None = None
 
     @property

@@ -52,6 +52,8 @@ class Session:
         self.close_reason: str | None = None
         self.caller: str | None = None  # who: remote address, phone number or SIP URI
         self.flow_id: str | None = None
+        self._close_done = asyncio.Event()
+        self.owner_key: str | None = None  # an opaque owner label (the platform's API key id), stored as is
         self.flow_version: int | None = None
         self.outcome: str | None = None
         self.vad_rate = listening_rate(runtime.vad, config.input_rate)
@@ -111,6 +113,17 @@ class Session:
         self.closed.set()
         self.close_reason = reason
         self.closed_at = time.time()
+        self.record()  # the end is queued for storage before any await: a cancelled close still stores it
+        try:
+            await self._close(reason)
+        finally:
+            self._close_done.set()
+
+    async def wait_closed(self) -> None:
+        """Until whoever is closing the session has finished (its end is then queued for storage)."""
+        await self._close_done.wait()
+
+    async def _close(self, reason: str) -> None:
         current = asyncio.current_task()
         if self.agent is not None:
             await self.agent.close()

@@ -36,8 +36,10 @@ sessions = Table(
     Column("dropped_input_ms", Integer, nullable=False, default=0),
     Column("turn_count", Integer, nullable=False, default=0),
     Column("extra", JSON, nullable=False, default=dict),
+    Column("owner_key", String(64)),  # 0003: the API key that opened it (None: auth off, or admin)
 )
 Index("ix_sessions_created_at", sessions.c.created_at)
+Index("ix_sessions_owner_key", sessions.c.owner_key)
 Index("ix_sessions_flow_id", sessions.c.flow_id)
 Index("ix_sessions_transport", sessions.c.transport)
 
@@ -72,6 +74,7 @@ calls = Table(
     Column("created_at", Float, nullable=False),
     Column("ended_at", Float),
     Column("extra", JSON, nullable=False, default=dict),
+    Column("owner_key", String(64)),  # 0003
 )
 Index("ix_calls_session_id", calls.c.session_id)
 
@@ -97,6 +100,7 @@ flows = Table(
     Column("version", Integer, nullable=False),  # the current version
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("owner_key", String(64)),  # 0003
 )
 
 flow_versions = Table(
@@ -125,9 +129,77 @@ jobs = Table(
     Column("cancel_requested", Boolean, nullable=False, default=False),  # a worker polls it between steps
     Column("started_at", Float),
     Column("updated_at", Float),
+    Column("owner_key", String(64)),  # 0003
 )
 Index("ix_jobs_created_at", jobs.c.created_at)
 Index("ix_jobs_status", jobs.c.status)
+
+# 0003: the platform (issue 15). Keys are stored as a hash only; the secret is shown once, at creation.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("prefix", String(32), nullable=False),  # the key's first characters, to tell keys apart in lists
+    Column("secret_hash", String(128), nullable=False, unique=True),  # SHA-256 hex of the whole key
+    Column("scopes", JSON, nullable=False, default=list),  # realtime, batch, media, flows, calls, admin
+    Column("limits", JSON, nullable=False, default=dict),  # requests_per_minute, concurrent_sessions, ...
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+    Column("last_used_at", Float),
+)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner_key", String(64)),  # whose events it receives (None: every key's, set by admin)
+    Column("flow_id", String(128)),  # only this flow's events, when set
+    Column("url", Text, nullable=False),
+    Column("events", JSON, nullable=False, default=list),  # session.ended, call.completed, ...
+    Column("secret", String(128), nullable=False),  # signs each delivery (HMAC-SHA256)
+    Column("created_at", Float, nullable=False),
+    Column("disabled_at", Float),
+)
+Index("ix_webhooks_owner_key", webhooks.c.owner_key)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("webhook_id", String(64), ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("event_id", String(64), nullable=False),  # one delivery per (webhook, event): never sent twice
+    Column("event_type", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # pending, delivered, failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("delivered_at", Float),
+)
+Index("ix_webhook_deliveries_event", webhook_deliveries.c.webhook_id, webhook_deliveries.c.event_id, unique=True)
+Index("ix_webhook_deliveries_status", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at)
+
+# One row per billable thing (a session, a job, an HTTP speech or chat request), upserted as it grows.
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the session's, job's or request's id
+    Column("key_id", String(64)),  # None: auth off
+    Column("kind", String(16), nullable=False),  # session, job, request
+    Column("created_at", Float, nullable=False),
+    Column("day", String(10), nullable=False),  # YYYY-MM-DD (UTC), for per-day sums
+    Column("sessions", Integer, nullable=False, default=0),
+    Column("audio_in_s", Float, nullable=False, default=0.0),
+    Column("audio_out_s", Float, nullable=False, default=0.0),
+    Column("stt_s", Float, nullable=False, default=0.0),
+    Column("llm_tokens", Integer, nullable=False, default=0),
+    Column("tts_chars", Integer, nullable=False, default=0),
+    Column("jobs", Integer, nullable=False, default=0),
+)
+Index("ix_usage_key_day", usage.c.key_id, usage.c.day)
 
 # Rows the write queue may upsert, by table name, with their key columns.
 UPSERT_KEYS: dict[str, tuple[str, ...]] = {
@@ -136,6 +208,7 @@ UPSERT_KEYS: dict[str, tuple[str, ...]] = {
     "calls": ("id",),
     "recordings": ("id",),
     "jobs": ("id",),
+    "usage": ("id",),
 }
 
 

@@ -17,7 +17,7 @@ from storage.tables import UPSERT_KEYS, row_key, table
 log = logging.getLogger("voxgate.storage")
 
 # Parents before children, so a batch never writes a turn before its session (foreign keys).
-WRITE_ORDER = ("sessions", "calls", "turns", "recordings", "jobs")
+WRITE_ORDER = ("sessions", "calls", "turns", "recordings", "jobs", "usage")
 CHUNK_ROWS = 200
 
 
