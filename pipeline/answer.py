@@ -249,6 +249,11 @@ class Answer:
         except Exception as exc:
             log.exception("response %s failed", self.id)
             await self.destination.failed(self, exc)
+        finally:  # what was generated and synthesized counts, cut or not
+            usage, response = getattr(self.owner, "usage", None), self.response
+            if usage is not None:
+                usage.llm_tokens += response.llm_tokens
+                usage.tts_chars += response.tts_chars
 
     # -- the chain's ends -----------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from pipeline.runtime import Runtime
 from pipeline.session_config import SessionConfig
 from pipeline.turn_judge import PauseJudge, Verdict
 from pipeline.turns import CHUNK_MS, TurnDetector, TurnEvent
+from pipeline.usage import UsageCounters
 
 log = logging.getLogger("voxgate.session")
 
@@ -80,6 +81,7 @@ class Listener:
         self.speech_end: float | None = None  # when the caller last went silent
         self.stt_ms: float | None = None  # how long the last utterance took to transcribe
         self.language: str | None = None  # the language the last utterance was transcribed in
+        self.usage = UsageCounters()  # the session's counters (it shares this object); STT seconds are ours
         self.detector = self._new_detector()
         self._chunk_bytes = rate * CHUNK_MS // 1000 * 2
         self._decoder = InputDecoder(config.input_rate, config.input_encoding, rate)
@@ -247,6 +249,7 @@ class Listener:
         ms = round((time.monotonic() - start) * 1000, 1)
         self.rt.metrics.observe_ms(stage, ms)
         if stage == "stt":
+            self.usage.stt_s += len(pcm) / 2 / self.rate
             self.stt_ms = ms
             # Partials never set it: they are guesses at an open utterance.
             self.language = transcript.language

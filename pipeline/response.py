@@ -52,6 +52,8 @@ class Response:
     segments: dict[int, Segment] = field(default_factory=dict)
     audio_ms: float = 0.0
     wire_ms: float = 0.0  # audio handed to the pacer, in whole wire frames
+    llm_tokens: int = 0  # deltas the LLM streamed (usage)
+    tts_chars: int = 0  # characters sent to TTS (usage)
     acked_ms: float | None = None
     interrupted: bool = False
     audio_done_sent: bool = False
@@ -144,6 +146,7 @@ async def llm_source(
             async for delta in stream:
                 if not delta:
                     continue
+                response.llm_tokens += 1
                 if response.t_first_token is None:
                     response.t_first_token = time.monotonic()
                 said = budget.push(delta) if budget is not None else delta
@@ -249,6 +252,7 @@ class TTSStage(Processor):
         )  # the aggregator's numbering: skipped (unspeakable) clauses keep their place
         # The speed only when one is set: stand-in engines (tests, benches) take (text, voice).
         args = (frame.text, self.voice) if self.speed == 1.0 else (frame.text, self.voice, self.speed)
+        self.response.tts_chars += len(frame.text)
         iterator = lambda: self.tts.synthesize(*args)  # noqa: E731
         async for chunk in self.worker.stream(iterator, buffer=2):
             if self.response.t_first_tts_audio is None:

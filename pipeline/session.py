@@ -32,6 +32,7 @@ from pipeline.session_config import SessionError as SessionError
 from pipeline.session_config import SessionRecorder
 from pipeline.session_config import VadConfig as VadConfig
 from pipeline.text import only_fillers
+from pipeline.usage import UsageCounters
 
 log = logging.getLogger("voxgate.session")
 
@@ -73,6 +74,8 @@ class Session:
         self.dtmf_digits: list[str] = []
         self.answers = Answers(self, self.outbox)
         self.listener = Listener(runtime, config, self, self.vad_rate, self.recording)
+        self.usage: UsageCounters = self.listener.usage  # audio, STT, LLM and TTS counts, for usage per key
+        self._in_bytes_per_s = config.input_rate * (1 if config.input_encoding == "mulaw" else 2)
         # The caller's language picks the voice and the answer's language (multilingual STT only).
         self.language_router = LanguageRouter(runtime.stt, runtime.tts, config, self.conversation, self.emit)
         self._overlapped_agent = False  # the open utterance began while the agent spoke
@@ -172,6 +175,7 @@ class Session:
     def push_audio(self, data: bytes) -> None:
         """Caller audio in the session's wire format. Never blocks; overflow is reported, not hidden."""
         self.last_activity = time.monotonic()
+        self.usage.audio_in_s += len(data) / self._in_bytes_per_s
         self.listener.push(data)
 
     async def submit_text(self, text: str) -> None:
@@ -387,6 +391,7 @@ class Session:
             await self.speak(TurnRecord(new_id("turn"), "voice", ""), text)
 
     def _on_release(self, response_id: str, ms: float, payload: bytes) -> None:
+        self.usage.audio_out_s += ms / 1000
         if self.recording is not None:
             self.recording.agent(payload)
         self.answers.released(response_id)
