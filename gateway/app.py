@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
@@ -18,12 +19,18 @@ from starlette.routing import BaseRoute
 from gateway import calls_api, flows_api, realtime, service_api, sessions_api, webrtc, ws_voice
 from gateway.engines import build_runtime
 from gateway.http_guard import edge_middleware
+from gateway.http_metrics import HttpMetrics, KeyLogContext
+from gateway.keys import api as keys_api
+from gateway.limits import Limiter, RateLimit
 from gateway.media import routes as media
 from gateway.service_api import VERSION as VERSION
 from gateway.settings import Settings
 from gateway.speech import routes as speech
 from gateway.speech.outputs import retention_loop as outputs_retention
 from gateway.state import AppState
+from gateway.tracing import traced_recorder
+from gateway.usage import UsageCollector
+from gateway.usage import api as usage_api
 from pipeline.runtime import Runtime
 from telephony import registry as telephony
 
@@ -39,19 +46,22 @@ def all_routes() -> list[BaseRoute]:
         *sessions_api.routes,
         *flows_api.routes,
         *calls_api.routes,
+        *keys_api.routes,
         *ws_voice.routes,
         *webrtc.routes,
         *realtime.routes,
         *speech.routes,
         *media.routes,
         *telephony.routes(),
+        *usage_api.routes,
+        *usage_api.pages,
         *service_api.pages,
     ]
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
@@ -64,11 +74,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     settings = settings or Settings()
     state = AppState(settings, runtime, telephony.PROVIDERS)
     webrtc.configure(settings)
+    limiter = Limiter.from_settings(settings)  # per-key limits: counters in Redis (redis_url) or in memory
+    usage = UsageCollector(state)  # usage rows from session ends, jobs and metered requests
+    usage.install()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.loop = asyncio.get_running_loop()
         await state.open_store()
+        state.recorder = traced_recorder(state.recorder, settings)  # OpenTelemetry per turn, when set
+        await limiter.start(state.store.engine if state.store is not None else None)
         await media.start(app)  # the job queue, and the embedded media engine (loading in a thread)
         retention = asyncio.create_task(_retention_loop(state)) if settings.retention_days else None
         outputs_sweep = asyncio.create_task(outputs_retention(settings))
@@ -97,6 +112,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             for call in list(state.webrtc_calls):
                 await call.end("server_shutdown")
             await media.stop(app)
+            await limiter.close()
             await state.close_store()
             await state.lag.stop()
             if state.runtime is not None and runtime is None:
@@ -107,10 +123,17 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = Starlette(
         routes=all_routes(),
         lifespan=lifespan,
-        middleware=edge_middleware(settings, state.auth),
+        # The rate limit after the edge: it counts the principal the edge resolved.
+        middleware=[
+            Middleware(HttpMetrics),  # outermost: it counts what the edge refuses too
+            *edge_middleware(settings, state.auth),
+            Middleware(KeyLogContext),  # inside the edge, which resolves the caller's key
+            Middleware(RateLimit, limiter=limiter),
+        ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.voxgate = state
+    app.state.limiter, app.state.usage = limiter, usage
     return app
 
 

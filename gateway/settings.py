@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -65,10 +65,34 @@ class Settings(BaseSettings, MediaSettings):
         )
     )
     log_level: str = "info"
+    otel_exporter: Literal["none", "otlp", "console"] = Field(
+        "none",
+        description="OpenTelemetry traces, one per turn with a span per stage: none, otlp (OTLP over HTTP to "
+        "otel_endpoint) or console (stdout)",
+    )
+    otel_endpoint: str | None = Field(
+        None,
+        description="the OTLP HTTP traces URL, e.g. http://collector:4318/v1/traces (default: the "
+        "exporter's, from OTEL_EXPORTER_OTLP_ENDPOINT or localhost:4318)",
+    )
     api_key: str | None = Field(
         None,
-        description="when set, clients send it as Authorization: Bearer; browsers trade it for a one-use "
-        "token (POST /v1/sessions/token) to open a WebSocket; keys in URLs are refused",
+        description="deprecated (use admin_token and API keys): a static key with every scope, sent as "
+        "Authorization: Bearer; setting it turns auth on (auth=auto)",
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="the admin credential (Authorization: Bearer): creates API keys (POST /v1/keys), sees "
+        "everything; required when auth is on",
+    )
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="API keys and scopes: auto is on when host is not loopback (or admin_token/api_key is "
+        "set), off on loopback; on refuses to start without admin_token",
+    )
+    metrics_public: bool | None = Field(
+        None,
+        description="/metrics without a key (else it needs the admin scope); default: true on loopback only",
     )
 
     # limits and browser safety (docs/security.md)
@@ -124,6 +148,14 @@ class Settings(BaseSettings, MediaSettings):
         description="names this gateway among several sharing one database (stable across restarts, e.g. "
         "the pod name); at start-up it closes the sessions it left open when it was killed",
     )
+    redis_url: str | None = Field(
+        None,
+        description="redis://host:6379/0 shared by the replicas: per-key limit counters live there "
+        "(default: in this process, per replica)",
+    )
+    limits_redis_prefix: str = Field(
+        "voxgate:limits", min_length=1, max_length=64, description="prefix of the limit counters' Redis keys"
+    )
     retention_days: float | None = Field(
         None, gt=0, description="delete sessions and recordings older than this many days (off when unset)"
     )
@@ -146,6 +178,20 @@ class Settings(BaseSettings, MediaSettings):
         True, description="store the shipped example flows when the database is new"
     )
 
+    # webhooks (docs/platform.md#webhooks)
+    webhook_max_attempts: int = Field(
+        6, ge=1, le=50, description="tries per webhook delivery (connection errors, timeouts, 429 and 5xx retry)"
+    )
+    webhook_retry_base_s: float = Field(
+        2.0, gt=0, le=3600, description="wait before a delivery's first retry; each next wait doubles"
+    )
+    webhook_retry_max_s: float = Field(300.0, gt=0, le=86400, description="longest wait between two retries")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="longest wait for a receiver's answer")
+    webhook_allow_private: bool = Field(
+        False,
+        description="let webhooks go to loopback, private and other non-public addresses (tests, on-prem)",
+    )
+
     # telephony (Twilio)
     public_url: str | None = Field(
         None,
@@ -165,6 +211,12 @@ class Settings(BaseSettings, MediaSettings):
     )
     twilio_default_flow: str | None = Field(
         None, description="flow for calls to numbers not in twilio_number_flows"
+    )
+    consent_announcement: str = Field(
+        "",
+        max_length=1000,
+        description="spoken to every phone call before its flow or agent starts, and heard whole (the "
+        "caller's audio is not listened to meanwhile), e.g. 'This call is recorded.'; empty: none",
     )
 
     # WebRTC
@@ -191,6 +243,17 @@ class Settings(BaseSettings, MediaSettings):
         90.0, gt=0, description="close a socket whose pong is this late (a client may pause reading a while)"
     )
     max_message_bytes: int = Field(1 << 20, description="a larger WebSocket message closes the socket (1009)")
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM, live sessions may go on this long (new ones are refused) before the goodbye",
+    )
+    drain_goodbye: str = Field(
+        "This service is restarting now. Please call again in a moment. Goodbye.",
+        max_length=500,
+        description="what sessions still live at the end of a drain hear before they are closed (empty: none)",
+    )
     instructions: str = Field(
         "You are a friendly voice assistant. Answer in one or two short sentences, starting with the answer "
         "itself. Do not use lists, markdown or emoji.",

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
 from engines.media_base import MediaCapabilities, MediaEngine, MediaRequest
+from gateway.limits import check_job, current_principal
 from gateway.media.queue import CapabilitiesBoard, assumed_capabilities, enqueue, make_broker
 from gateway.media.runner import JobRunner, ResultFiles, payload_of
 from gateway.settings import Settings
@@ -67,6 +68,9 @@ class MediaJobs:
         self.board: CapabilitiesBoard | None = None
         self.engine_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Per-key job limits (gateway/limits) and usage rows (gateway/usage), set by start().
+        self.limiter: Any = None
+        self.usage: Any = None
 
     @property
     def embedded(self) -> bool:
@@ -132,6 +136,7 @@ class MediaJobs:
     async def submit(self, kind: str, request: MediaRequest, *, n: int = 1, api: str) -> dict[str, Any]:
         """Record a job and queue it; the request's seed is fixed here (one the engine would pick is not known
         until it ends, and a job should say from the start what it makes)."""
+        await check_job(self.limiter)  # 429 while the caller's key has its limit of jobs queued or running
         waiting = await self.jobs.count(QUEUED)
         if waiting >= self.settings.media_max_waiting:
             detail = f"{waiting} media jobs are waiting already (media_max_waiting); try again later"
@@ -156,6 +161,8 @@ class MediaJobs:
             await self.jobs.finish(job_id, FAILED, time.time(), error=f"the job queue is unreachable: {exc}")
             raise HTTPException(503, "the media job queue is unreachable (media_redis_url)") from None
         self.changes.notify()
+        if self.usage is not None:
+            self.usage.job(job_id, current_principal().key_id, row["created_at"])
         return row
 
     async def wait(self, job_id: str, timeout: float) -> dict[str, Any] | None:
@@ -203,6 +210,7 @@ async def start(app: Starlette) -> None:
     state = app.state.voxgate
     assert state.store is not None
     jobs = MediaJobs(state.settings, state.store)
+    jobs.limiter, jobs.usage = getattr(app.state, "limiter", None), getattr(app.state, "usage", None)
     await jobs.start()
     app.state.media_jobs = jobs
 

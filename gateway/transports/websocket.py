@@ -15,11 +15,13 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from gateway import limits
 from gateway.protocol import clip
 from gateway.state import AppState, app_state
 from gateway.transports.base import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
+    CLOSE_POLICY,
     CLOSE_SERVICE_RESTART,
     CLOSE_TOO_BIG,
     Refusal,
@@ -30,7 +32,11 @@ from pipeline.session import Session
 
 log = logging.getLogger("voxgate.ws")
 
-_CLOSE_CODES = {"message_too_large": CLOSE_TOO_BIG, "internal_error": CLOSE_INTERNAL_ERROR}
+_CLOSE_CODES = {
+    "message_too_large": CLOSE_TOO_BIG,
+    "internal_error": CLOSE_INTERNAL_ERROR,
+    "limit_exceeded": CLOSE_POLICY,  # a key's quota ran out mid-session (gateway/limits)
+}
 
 
 def close_reason(message: str) -> str:
@@ -77,6 +83,7 @@ class WebSocketTransport(Transport):
         await self.ws.accept()
         try:
             session = await self.open_session()
+            await limits.admit_session(self.ws, session)  # the key's concurrent sessions and audio minutes
             self.session = session
             self.place.admit(session)
         except Refusal as exc:
@@ -119,7 +126,8 @@ class WebSocketTransport(Transport):
             closed.cancel()
             await self.end_session(reason)
             with contextlib.suppress(Exception):
-                await self.ws.close(_CLOSE_CODES.get(reason, CLOSE_NORMAL))
+                # The session's own reason when it ended itself (a quota, an idle timeout).
+                await self.ws.close(_CLOSE_CODES.get(session.close_reason or reason, CLOSE_NORMAL))
 
     def _end_reason(self, reader: asyncio.Task[str] | None) -> str:
         """Why the session ends, from whichever of its tasks finished; a failure is logged, never silent."""

@@ -1,0 +1,54 @@
+"""Per-key limits (issue 15): see :mod:`gateway.limits.limiter`; requests per minute in
+:mod:`gateway.limits.middleware`; the counters, in memory or Redis, in :mod:`gateway.limits.counters`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.limits.limiter import LIMIT_EXCEEDED, RATE_LIMITED, Limiter, Over
+from gateway.limits.middleware import RateLimit, current_principal, too_many
+
+__all__ = [
+    "LIMIT_EXCEEDED",
+    "RATE_LIMITED",
+    "Limiter",
+    "Over",
+    "RateLimit",
+    "admit_session",
+    "check_job",
+    "current_principal",
+    "limiter_of",
+    "too_many",
+]
+
+
+def limiter_of(conn: Any) -> Limiter | None:
+    """The app's limiter (None in an app built without one)."""
+    limiter: Limiter | None = getattr(conn.app.state, "limiter", None)
+    return limiter
+
+
+async def admit_session(conn: Any, session: Any) -> None:
+    """A WebSocket transport's session, checked against its key's concurrent sessions and audio minutes;
+    raises the transport's ``Refusal`` (the limit's code, close 1008) when over."""
+    from gateway.principal import principal_of
+    from gateway.transports.base import CLOSE_POLICY, Refusal
+
+    limiter = limiter_of(conn)
+    if limiter is None:
+        return
+    over = await limiter.admit_session(principal_of(conn), session)
+    if over is not None:
+        raise Refusal(over.code, over.detail, CLOSE_POLICY)
+
+
+async def check_job(limiter: Limiter | None) -> None:
+    """A media job is being submitted for the current request's principal: a 429 when its key already has its
+    ``jobs`` queued or running."""
+    from starlette.exceptions import HTTPException
+
+    if limiter is None:
+        return
+    over = await limiter.check_job(current_principal())
+    if over is not None:
+        raise HTTPException(429, over.detail, headers={"retry-after": str(over.retry_after)})
