@@ -14,6 +14,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.api_common import app_state, parse_body, parse_query_int, require_store, unprocessable
+from gateway.auth import scoped
 from gateway.protocol import clip, quote
 from telephony.call_provider import OutboundCall, OutboundRefused
 from telephony.registry import outbound_provider
@@ -128,8 +129,8 @@ def _public(call: dict[str, Any]) -> dict[str, Any]:
 
 
 routes: list[BaseRoute] = [
-    Route("/v1/calls", list_calls),
-    Route("/v1/calls", place_call, methods=["POST"]),
-    Route("/v1/calls/{sid}", get_call),
-    Route("/v1/calls/{sid}/recording", get_recording),
+    scoped(Route("/v1/calls", list_calls), "calls"),
+    scoped(Route("/v1/calls", place_call, methods=["POST"]), "calls"),
+    scoped(Route("/v1/calls/{sid}", get_call), "calls"),
+    scoped(Route("/v1/calls/{sid}/recording", get_recording), "calls"),
 ]

@@ -41,11 +41,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.auth import log_auth_mode, start_up_problem
     from gateway.logs import configure_logging, uvicorn_log_config
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(**overrides)
+    problem = start_up_problem(settings)
+    if problem is not None:
+        return _fail(problem)  # auth is on and nothing could ever create a key: refuse, say why
     configure_logging(settings.log_level)
+    log_auth_mode(settings)
     app = create_app(settings)
     # uvicorn re-raises the signal it caught once it has shut down; a no-op handler makes that re-raise
     # harmless, so a SIGTERM'd server that shut down cleanly exits 0.

@@ -30,6 +30,7 @@ from gateway.api_common import (
     strict_json_loads,
     unprocessable,
 )
+from gateway.auth import scoped
 
 MAX_VERSION = 2**31 - 1  # the store's version column is a 32-bit integer
 DEFAULT_DRAFT_TOKENS = 900
@@ -203,13 +204,13 @@ async def generate_flow(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/v1/flows", list_flows),
-    Route("/v1/flows", create_flow, methods=["POST"]),
-    Route("/v1/flows/schema", flow_schema),
-    Route("/v1/flows/validate", validate_flow_document, methods=["POST"]),
-    Route("/v1/flows/generate", generate_flow, methods=["POST"]),
-    Route("/v1/flows/{flow_id}", get_flow),
-    Route("/v1/flows/{flow_id}", update_flow, methods=["PUT"]),
-    Route("/v1/flows/{flow_id}", delete_flow, methods=["DELETE"]),
-    Route("/v1/flows/{flow_id}/versions", flow_versions),
+    scoped(Route("/v1/flows", list_flows), "flows"),
+    scoped(Route("/v1/flows", create_flow, methods=["POST"]), "flows"),
+    scoped(Route("/v1/flows/schema", flow_schema), "flows"),
+    scoped(Route("/v1/flows/validate", validate_flow_document, methods=["POST"]), "flows"),
+    scoped(Route("/v1/flows/generate", generate_flow, methods=["POST"]), "flows"),
+    scoped(Route("/v1/flows/{flow_id}", get_flow), "flows"),
+    scoped(Route("/v1/flows/{flow_id}", update_flow, methods=["PUT"]), "flows"),
+    scoped(Route("/v1/flows/{flow_id}", delete_flow, methods=["DELETE"]), "flows"),
+    scoped(Route("/v1/flows/{flow_id}/versions", flow_versions), "flows"),
 ]

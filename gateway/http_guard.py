@@ -7,9 +7,11 @@ A pure ASGI middleware, so that a body is counted while it streams in rather tha
    points its DNS at 127.0.0.1 (DNS rebinding) still sends ``Host: evil.example``.
 2. ``Origin``, when a browser sends one, must be this server's own or one of ``allowed_origins``: a web page
    the user happens to visit must not drive a server that has no API key.
-3. HTTP routes under ``/v1/`` need the API key in the ``Authorization`` header, never in the URL (URLs end up
-   in logs). WebSocket routes check the key themselves (``Auth.allows_websocket``); a key in their URL is
-   refused here with a message that says what to do instead.
+3. Every route needs the scope it declared (``scoped``, gateway/auth.py): the caller is resolved from
+   ``Authorization: Bearer`` (HTTP and WebSocket), a one-use ``?token=`` (WebSocket) or a Realtime client
+   secret, and put in ``scope["voxgate.principal"]`` (``principal_of``); 401 without a valid key, 403 for a
+   key without the scope. A key in the URL is refused with a message that says what to do instead (URLs end
+   up in logs).
 4. A body sent to ``/v1/`` must be declared JSON: a browser sends ``text/plain`` across origins without asking
    first (a CORS "simple request"), ``application/json`` never. The audio upload routes (``UPLOAD_PATHS``,
    OpenAI's multipart API) also take ``multipart/form-data``; the Origin check above still guards them.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -34,9 +37,26 @@ from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.auth import KEY_IN_URL_DETAIL, WRONG_KEY_DETAIL, Auth, key_in_url
+from gateway.auth import (
+    ANONYMOUS,
+    CLIENT_SECRET_PREFIX,
+    GRANT_KEY,
+    KEY_IN_URL_DETAIL,
+    PUBLIC,
+    SIGNED,
+    WRONG_KEY_DETAIL,
+    Auth,
+    Grant,
+    bearer,
+    key_in_url,
+    public_if,
+    route_scope,
+    takes_client_secret,
+)
+from gateway.principal import OPEN, SCOPE_KEY
 from gateway.settings import Settings
 
 log = logging.getLogger("voxgate.edge")
@@ -44,8 +64,8 @@ log = logging.getLogger("voxgate.edge")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # Bodies that are forms or SDP, not JSON documents: Twilio's webhooks and WebRTC offers.
 SMALL_BODY_PATHS = frozenset({"/twilio/voice", "/twilio/status", "/v1/webrtc/offer", "/v1/realtime/calls"})
-# Routes that take an SDP offer (raw or multipart, not JSON) and check the caller's key themselves, as WebSocket
-# routes do: the Realtime API's WebRTC call, to which a browser brings an ephemeral key (gateway/realtime/calls.py).
+# Routes that take an SDP offer (raw or multipart, not JSON): the Realtime API's WebRTC call, to which a browser
+# brings an ephemeral key (gateway/realtime/calls.py).
 SDP_PATHS = frozenset({"/v1/realtime/calls"})
 # Routes that take an uploaded audio file as multipart/form-data, as OpenAI's audio API does: up to
 # speech.max_upload_bytes rather than the JSON limit (openai_audio.py; chat_api.py: /v1/voice-chat, JSON too).
@@ -270,14 +290,66 @@ class HttpGuard:
         return self._logged(scope, Refusal(403, "origin_not_allowed", detail)), None
 
     def _api_refusal(self, scope: Scope, headers: Headers) -> Refusal | None:
-        """The checks for HTTP routes under /v1/: the key (in its header only), then a JSON content type."""
-        conn = HTTPConnection(scope)
-        if key_in_url(conn):
-            return Refusal(401, "unauthorized", KEY_IN_URL_DETAIL, (("www-authenticate", "Bearer"),))
-        if not self.auth.allows_request(conn):
-            return Refusal(401, "unauthorized", WRONG_KEY_DETAIL, (("www-authenticate", "Bearer"),))
+        """The check for HTTP routes under /v1/ once the caller passed: a JSON content type."""
         upload = scope["path"] in UPLOAD_PATHS or scope["path"] in MEDIA_UPLOAD_PATHS
         return _content_type_refusal(scope["method"], headers, upload=upload)
+
+    @staticmethod
+    def _route(scope: Scope) -> BaseRoute | None:
+        """The route the router will pick (the first full match, else the first partial: a wrong method)."""
+        app = scope.get("app")
+        partial: BaseRoute | None = None
+        for route in getattr(app, "routes", ()):
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return route
+            if match == Match.PARTIAL and partial is None:
+                partial = route
+        return partial
+
+    async def _authorize(self, scope: Scope) -> Refusal | None:
+        """Resolve the caller, check its scope against the route's, and put the principal in ``scope``."""
+        auth = self.auth
+        route = self._route(scope)
+        conn = HTTPConnection(scope)
+        needed = (route_scope(route) or "admin") if route is not None else PUBLIC  # None: the router's 404
+        flag = public_if(route) if route is not None else None
+        is_public = needed in (PUBLIC, SIGNED) or (flag is not None and bool(getattr(auth, flag, False)))
+        if key_in_url(conn) and (scope["type"] == "websocket" or _is_api(scope["path"]) or not is_public):
+            return Refusal(401, "unauthorized", KEY_IN_URL_DETAIL, (("www-authenticate", "Bearer"),))
+        if is_public:
+            scope[SCOPE_KEY] = ANONYMOUS if auth.enabled else OPEN
+            return None
+        grant = self._redeem(scope, conn, route)
+        if grant is not None:
+            scope[GRANT_KEY] = grant
+            principal = grant.principal
+        elif not auth.enabled:
+            principal = OPEN
+        else:
+            found = await auth.principal_for(bearer(conn))
+            if found is None:
+                return Refusal(401, "unauthorized", WRONG_KEY_DETAIL, (("www-authenticate", "Bearer"),))
+            principal = found
+        if not principal.allows(needed):
+            detail = f"this key may not use {scope['path'][:QUOTE_CHARS]}: it needs the {needed!r} scope"
+            return Refusal(403, "forbidden", detail)
+        scope[SCOPE_KEY] = principal
+        return None
+
+    def _redeem(self, scope: Scope, conn: HTTPConnection, route: BaseRoute | None) -> Grant | None:
+        """Spend the one-use token (WebSocket ``?token=``) or client secret (``ek_`` bearer) presented."""
+        if scope["type"] == "websocket":
+            token = conn.query_params.get("token", "")
+            if token:
+                # Spent even when another credential would do, so that a token works once whatever else.
+                grant = self.auth.tokens.redeem(token)
+                if grant is not None:
+                    return grant
+        credential = bearer(conn)
+        if route is not None and takes_client_secret(route) and credential.startswith(CLIENT_SECRET_PREFIX):
+            return self.auth.client_secrets.redeem(credential)
+        return None
 
     def _body_limit(self, path: str) -> tuple[int, str]:
         if path in UPLOAD_PATHS:
@@ -302,6 +374,8 @@ class HttpGuard:
         if refusal is None and cross_origin is not None and _is_preflight(scope, headers):
             await _preflight_answer(cross_origin)(scope, receive, send)
             return
+        if refusal is None:
+            refusal = await self._authorize(scope)
         if refusal is None and _is_api(scope["path"]) and scope["path"] not in SDP_PATHS:
             refusal = self._api_refusal(scope, headers)
         limit, setting = self._body_limit(scope["path"])
@@ -354,15 +428,27 @@ class HttpGuard:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         refusal, _ = self._browser_refusal(scope, Headers(scope=scope))
-        if refusal is None and key_in_url(HTTPConnection(scope)):
-            refusal = Refusal(401, "unauthorized", KEY_IN_URL_DETAIL)
+        if refusal is None:
+            refusal = await self._authorize(scope)
         if refusal is None:
             await self.app(scope, receive, send)
             return
         if (await receive())["type"] != "websocket.connect":
             return
-        await send({"type": "websocket.accept"})
-        event = {"type": "error", "code": refusal.code, "message": refusal.detail}
+        # A browser fails a socket whose server picks none of the subprotocols it offered: the Realtime API's
+        # clients offer "realtime", and read the error in the Realtime shape (``error.code``), which rides along.
+        offered = scope.get("subprotocols") or []
+        accept: Message = {"type": "websocket.accept"}
+        if "realtime" in offered:
+            accept["subprotocol"] = "realtime"
+        await send(accept)
+        event = {
+            "type": "error",
+            "code": refusal.code,
+            "message": refusal.detail,
+            "event_id": f"event_{secrets.token_hex(8)}",
+            "error": {"type": "invalid_request_error", "code": refusal.code, "message": refusal.detail},
+        }
         await send({"type": "websocket.send", "text": json.dumps(event)})
         await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": refusal.detail[:120]})
 

@@ -16,6 +16,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from gateway.auth import scoped
 from gateway.speech.engine_memory import engine_class_name, memory_of
 from gateway.state import app_state
 
@@ -135,15 +136,15 @@ async def studio_page(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/health/live", live),
-    Route("/health/ready", ready),
-    Route("/health", health),
-    Route("/metrics", metrics),
+    scoped(Route("/health/live", live), "public"),
+    scoped(Route("/health/ready", ready), "public"),
+    scoped(Route("/health", health), "public"),
+    scoped(Route("/metrics", metrics), "admin", public_if="metrics_public"),
 ]
 
 pages: list[BaseRoute] = [
-    Route("/", index),
-    Route("/flows", flows_page),
-    Route("/studio", studio_page),
-    Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    scoped(Route("/", index), "public"),
+    scoped(Route("/flows", flows_page), "public"),
+    scoped(Route("/studio", studio_page), "public"),
+    scoped(Mount("/static", StaticFiles(directory=STATIC), name="static"), "public"),
 ]

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.api_common import app_state, require_store, unprocessable, validation_detail
-from gateway.auth import issue_session_token
+from gateway.auth import issue_session_token, scoped
 from pipeline.session import Session
 from storage.store import BadCursor, SessionQuery
 
@@ -91,8 +91,8 @@ def _live_summary(session: Any) -> dict[str, Any]:
 
 
 routes: list[BaseRoute] = [
-    Route("/v1/sessions", list_sessions),
-    Route("/v1/sessions/token", issue_session_token, methods=["POST"]),
-    Route("/v1/sessions/{session_id}", get_session),
-    Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
+    scoped(Route("/v1/sessions", list_sessions), "realtime"),
+    scoped(Route("/v1/sessions/token", issue_session_token, methods=["POST"]), "realtime"),
+    scoped(Route("/v1/sessions/{session_id}", get_session), "realtime"),
+    scoped(Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]), "realtime"),
 ]

@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 
 from flows import HttpTool, example_flows
 from gateway.auth import Auth
+from gateway.keys.registry import KeyRegistry
 from gateway.platform_events import PlatformEvents
 from gateway.records import StoreRecorder
 from gateway.sessions import SessionManager
@@ -41,7 +42,7 @@ class AppState:
         self.settings = settings
         self.runtime: Runtime | None = runtime
         self.sessions = SessionManager(settings.max_sessions)
-        self.auth = Auth(settings.api_key, token_ttl_s=settings.session_token_ttl_s)
+        self.auth = Auth.for_settings(settings, KeyRegistry(lambda: self.store))  # gateway/auth.py, keys/
         self.ready = asyncio.Event()
         self.load_error: str | None = None
         self.lag = LoopLagMonitor()

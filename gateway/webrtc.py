@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.agent.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.api_common import app_state, parse_body, unprocessable
+from gateway.auth import principal_of, scoped
 from gateway.protocol import clip
 from gateway.settings import Settings, session_config
 from gateway.state import AppState
@@ -300,6 +301,7 @@ def _new_call(state: AppState, request: Request, body: OfferRequest, flow: Any, 
     )
     session = Session(state.runtime, config, recorder=state.recorder)
     session.caller = request.client.host if request.client else None
+    session.owner_key = principal_of(request).owner
     if body.voice:
         apply_session_update(session, _voice_update(body.voice))
     if flow is not None:
@@ -346,4 +348,4 @@ def _voice_update(voice: str) -> Any:
     return SessionUpdate.model_validate({"type": "session.update", "session": {"voice": voice}})
 
 
-routes: list[BaseRoute] = [Route("/v1/webrtc/offer", webrtc_offer, methods=["POST"])]
+routes: list[BaseRoute] = [scoped(Route("/v1/webrtc/offer", webrtc_offer, methods=["POST"]), "realtime")]

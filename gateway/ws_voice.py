@@ -13,6 +13,7 @@ from typing import Any
 from starlette.routing import BaseRoute, WebSocketRoute
 
 from gateway.agent.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
+from gateway.auth import principal_of, scoped
 from gateway.protocol import (
     InputAudioCommit,
     InputDtmf,
@@ -60,8 +61,6 @@ class VoiceSocket(WebSocketTransport):
 
     async def open_session(self) -> Session:
         ws, state = self.ws, self.state
-        if not state.auth.allows_websocket(ws):
-            raise Refusal("unauthorized", "missing or wrong API key", CLOSE_POLICY)
         rate = int_param(ws, "sample_rate", 16000)
         encoding = ws.query_params.get("encoding", "pcm_s16le")
         out_rate = int_param(ws, "output_sample_rate", rate or 16000)
@@ -77,6 +76,7 @@ class VoiceSocket(WebSocketTransport):
             state.settings, input_rate=rate, output_rate=out_rate, encoding=encoding, transport=self.name
         )
         session = Session(state.runtime, config, recorder=state.recorder)
+        session.owner_key = principal_of(ws).owner  # the key that opened it (the edge checked it)
         if ws.client is not None:
             session.caller = f"{ws.client.host}:{ws.client.port}"
         if flow is not None:
@@ -171,4 +171,4 @@ def apply_session_update(session: Session, event: SessionUpdate) -> None:
 
 voice_endpoint = VoiceSocket.endpoint
 
-routes: list[BaseRoute] = [WebSocketRoute("/v1/voice", voice_endpoint)]
+routes: list[BaseRoute] = [scoped(WebSocketRoute("/v1/voice", voice_endpoint), "realtime")]

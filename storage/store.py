@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import migrate
 from storage.engine import open_engine
+from storage.keys import KeyStore
 from storage.tables import calls, flow_versions, flows, jobs, recordings, sessions, turns
 from storage.writer import WriteQueue
 
@@ -45,6 +46,7 @@ class Store:
         self.engine = engine
         self.writer = WriteQueue(engine, write_interval_s)
         self.fresh = False  # True when this open created the schema (a new database)
+        self.keys = KeyStore(engine)  # API keys and resource owners (storage/keys.py)
 
     @classmethod
     async def open(cls, url: str, *, write_interval_s: float = 0.2, migrate_schema: bool = True) -> Store:

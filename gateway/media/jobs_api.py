@@ -16,6 +16,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import BaseRoute, Route
 
 from gateway.api_common import parse_query_int
+from gateway.auth import scoped
 from gateway.media.models import Limits
 from gateway.media.service import POLL_S, MediaJobs, media_jobs
 from storage.jobs import FINAL_STATUSES, STATUSES
@@ -150,10 +151,10 @@ async def media_info(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/v1/media", media_info),
-    Route("/v1/jobs", list_jobs),
-    Route("/v1/jobs/{job_id}", get_job),
-    Route("/v1/jobs/{job_id}", cancel_job, methods=["DELETE"]),
-    Route("/v1/jobs/{job_id}/events", job_events),
-    Route("/v1/jobs/{job_id}/files/{name}", job_file),
+    scoped(Route("/v1/media", media_info), "media"),
+    scoped(Route("/v1/jobs", list_jobs), "media"),
+    scoped(Route("/v1/jobs/{job_id}", get_job), "media"),
+    scoped(Route("/v1/jobs/{job_id}", cancel_job, methods=["DELETE"]), "media"),
+    scoped(Route("/v1/jobs/{job_id}/events", job_events), "media"),
+    scoped(Route("/v1/jobs/{job_id}/files/{name}", job_file), "media"),
 ]

@@ -10,6 +10,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from engines.media_base import MediaRequest
+from gateway.auth import scoped
 from gateway.media.build import checked_request, edit_request, video_request
 from gateway.media.common import (
     Uploads,
@@ -128,9 +129,9 @@ async def video_content(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/v1/images/generations", generations, methods=["POST"]),
-    Route("/v1/images/edits", edits, methods=["POST"]),
-    Route("/v1/videos", create_video, methods=["POST"]),
-    Route("/v1/videos/{video_id}", get_video),
-    Route("/v1/videos/{video_id}/content", video_content),
+    scoped(Route("/v1/images/generations", generations, methods=["POST"]), "media"),
+    scoped(Route("/v1/images/edits", edits, methods=["POST"]), "media"),
+    scoped(Route("/v1/videos", create_video, methods=["POST"]), "media"),
+    scoped(Route("/v1/videos/{video_id}", get_video), "media"),
+    scoped(Route("/v1/videos/{video_id}/content", video_content), "media"),
 ]

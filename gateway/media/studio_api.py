@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from engines.media_base import MediaRequest
+from gateway.auth import scoped
 from gateway.media.build import checked_request, edit_request, video_request
 from gateway.media.common import (
     Uploads,
@@ -89,8 +90,8 @@ async def video_image_to_video(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/image/generate", image_generate, methods=["POST"]),
-    Route("/image/edit", image_edit, methods=["POST"]),
-    Route("/video/generate", video_generate, methods=["POST"]),
-    Route("/video/image-to-video", video_image_to_video, methods=["POST"]),
+    scoped(Route("/image/generate", image_generate, methods=["POST"]), "media"),
+    scoped(Route("/image/edit", image_edit, methods=["POST"]), "media"),
+    scoped(Route("/video/generate", video_generate, methods=["POST"]), "media"),
+    scoped(Route("/video/image-to-video", video_image_to_video, methods=["POST"]), "media"),
 ]

@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.agent.flow_agent import attach_flow
 from gateway.api_common import app_state
-from gateway.auth import key_in_url
+from gateway.auth import principal_of, scoped
 from gateway.protocol import clip
 from gateway.realtime.config import (
     RealtimeConfig,
@@ -186,9 +186,7 @@ async def _offer(request: Request) -> tuple[str, SessionIn | None]:
 
 async def create_call(request: Request) -> Response:
     state = app_state(request)
-    secret = redeem_from(request, state)
-    if key_in_url(request) or (secret is None and not state.auth.allows_request(request)):
-        return _error(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer KEY'")
+    secret = redeem_from(request, state)  # the edge checked the key, or redeemed this secret
     try:
         sdp, update = await _offer(request)
         require_ready(state)
@@ -244,6 +242,7 @@ def _new_call(state: AppState, request: Request, place: Place, updates: list[Ses
     )
     session = RealtimeSession(state.runtime, config, recorder=state.recorder)
     session.caller = request.client.host if request.client else None
+    session.owner_key = principal_of(request).owner
     rt_config = RealtimeConfig(
         id=session.id,
         model=request.query_params.get("model", "voxgate")[:128],
@@ -263,4 +262,6 @@ def _new_call(state: AppState, request: Request, place: Place, updates: list[Ses
     return RealtimeCall(state, session, RTCPeerConnection(RTCConfiguration(iceServers=ice)), place, rt_config)
 
 
-routes: list[BaseRoute] = [Route("/v1/realtime/calls", create_call, methods=["POST"])]
+routes: list[BaseRoute] = [
+    scoped(Route("/v1/realtime/calls", create_call, methods=["POST"]), "realtime", client_secret=True)
+]

@@ -8,9 +8,6 @@ backend chose.
 
 from __future__ import annotations
 
-import secrets
-import time
-import weakref
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -20,11 +17,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.api_common import app_state, parse_body
+from gateway.auth import CLIENT_SECRET_PREFIX, SessionTokens, grant_of, principal_of, scoped
 from gateway.realtime.schema import SessionIn
 from gateway.state import AppState
 
-PREFIX = "ek_"
-MAX_OUTSTANDING = 1024  # memory stays bounded whatever a key holder asks for: the oldest secret goes first
+PREFIX = CLIENT_SECRET_PREFIX
 
 
 class ExpiresAfter(BaseModel):
@@ -47,56 +44,34 @@ class Secret:
     session: SessionIn | None
 
 
-class ClientSecrets:
-    """The outstanding secrets of one app."""
-
-    def __init__(self) -> None:
-        self._secrets: dict[str, Secret] = {}
-
-    def issue(self, seconds: int, session: SessionIn | None) -> tuple[str, float]:
-        now = time.time()
-        for value, secret in list(self._secrets.items()):
-            if secret.expires_at <= now:
-                del self._secrets[value]
-        while len(self._secrets) >= MAX_OUTSTANDING:
-            del self._secrets[next(iter(self._secrets))]
-        value = PREFIX + secrets.token_urlsafe(24)
-        self._secrets[value] = Secret(now + seconds, session)
-        return value, now + seconds
-
-    def redeem(self, value: str) -> Secret | None:
-        """The secret's configuration, once, if it is known and alive; it is spent either way."""
-        secret = self._secrets.pop(value, None)
-        return secret if secret is not None and secret.expires_at > time.time() else None
-
-
-_BY_APP: weakref.WeakKeyDictionary[AppState, ClientSecrets] = weakref.WeakKeyDictionary()
-
-
-def client_secrets(state: AppState) -> ClientSecrets:
-    store = _BY_APP.get(state)
-    if store is None:
-        store = _BY_APP[state] = ClientSecrets()
-    return store
-
-
-def bearer(conn: HTTPConnection) -> str:
-    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else ""
+def client_secrets(state: AppState) -> SessionTokens:
+    """The app's outstanding client secrets: one-use tokens (gateway/auth.py) that carry the session the
+    backend chose and the principal that asked; the edge redeems one when a connection presents it."""
+    return state.auth.client_secrets
 
 
 def redeem_from(conn: HTTPConnection, state: AppState) -> Secret | None:
-    """The ephemeral secret the connection presents (as its bearer key), redeemed; None when it has none."""
-    value = bearer(conn)
-    return client_secrets(state).redeem(value) if value.startswith(PREFIX) else None
+    """The client secret the connection presented (as its bearer key or subprotocol), which the edge redeemed
+    (gateway/http_guard.py); None when it presented none."""
+    grant = grant_of(conn)
+    if grant is None or not isinstance(grant.payload, _Payload):
+        return None
+    return Secret(grant.expires_at, grant.payload.session)
+
+
+@dataclass(frozen=True)
+class _Payload:
+    session: SessionIn | None
 
 
 async def create_client_secret(request: Request) -> Response:
-    """The edge guard checked the API key; the secret inherits nothing else from the caller."""
+    """The edge checked the API key; the secret opens one session as the caller (its principal)."""
     body = await parse_body(request, SecretRequest)
     if isinstance(body, JSONResponse):
         return body
-    value, expires_at = client_secrets(app_state(request)).issue(body.expires_after.seconds, body.session)
+    value, expires_at = client_secrets(app_state(request)).issue(
+        principal_of(request), payload=_Payload(body.session), ttl_s=body.expires_after.seconds
+    )
     session: dict[str, Any] = {"type": "realtime", "object": "realtime.session"}
     if body.session is not None:
         session.update(body.session.model_dump(exclude_none=True))
@@ -106,4 +81,6 @@ async def create_client_secret(request: Request) -> Response:
     )
 
 
-routes: list[BaseRoute] = [Route("/v1/realtime/client_secrets", create_client_secret, methods=["POST"])]
+routes: list[BaseRoute] = [
+    scoped(Route("/v1/realtime/client_secrets", create_client_secret, methods=["POST"]), "realtime")
+]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hmac
 import json
 import logging
 import re
@@ -21,6 +20,7 @@ from starlette.websockets import WebSocket
 
 from flows.schema import SLUG
 from gateway.agent.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
+from gateway.auth import principal_of, scoped
 from gateway.protocol import clip
 from gateway.realtime.config import (
     RealtimeConfig,
@@ -31,7 +31,7 @@ from gateway.realtime.config import (
 from gateway.realtime.formats import LISTEN_RATE, PCM24
 from gateway.realtime.handlers import Handlers
 from gateway.realtime.schema import RealtimeError
-from gateway.realtime.secrets import PREFIX, client_secrets, redeem_from
+from gateway.realtime.secrets import redeem_from
 from gateway.realtime.session import RealtimeSession
 from gateway.realtime.translate import Translator, event_id
 from gateway.settings import session_config
@@ -45,7 +45,7 @@ from pipeline.session import Session
 log = logging.getLogger("voxgate.realtime")
 
 DEFAULT_MODEL = "voxgate"
-KEY_PROTOCOL = "openai-insecure-api-key."
+
 MAX_MODEL_CHARS = 128
 
 
@@ -73,30 +73,16 @@ class RealtimeSocket(WebSocketTransport):
     def __init__(self, ws: WebSocket, state: AppState) -> None:
         super().__init__(ws, state)
         # Browsers cannot set headers on a WebSocket: OpenAI's samples offer the subprotocols "realtime" and
-        # "openai-insecure-api-key.<key>", and fail unless the server picks "realtime".
+        # "openai-insecure-api-key.<key>" (the edge reads the key), and fail unless the server picks "realtime".
         offered = ws.scope.get("subprotocols") or []
-        self.protocol_key = next(
-            (p.removeprefix(KEY_PROTOCOL) for p in offered if p.startswith(KEY_PROTOCOL)), ""
-        )
         if "realtime" in offered:
             ws.accept = functools.partial(ws.accept, subprotocol="realtime")  # type: ignore[method-assign]
 
-    def _key_allowed(self) -> bool:
-        key = self.state.auth.api_key
-        return bool(key and self.protocol_key) and hmac.compare_digest(
-            self.protocol_key.encode(), key.encode()
-        )
-
     async def open_session(self) -> Session:
         ws, state = self.ws, self.state
-        # An ephemeral key from POST /v1/realtime/client_secrets, as the bearer or in the subprotocol.
-        secret = redeem_from(ws, state) or (
-            client_secrets(state).redeem(self.protocol_key) if self.protocol_key.startswith(PREFIX) else None
-        )
-        if secret is None and not self._key_allowed() and not state.auth.allows_websocket(ws):
-            raise Refusal(
-                "unauthorized", "missing or wrong API key: send 'Authorization: Bearer KEY'", CLOSE_POLICY
-            )
+        # An ephemeral key from POST /v1/realtime/client_secrets, as the bearer or in the subprotocol: the edge
+        # checked the caller's key or redeemed the secret (gateway/http_guard.py).
+        secret = redeem_from(ws, state)
         model = ws.query_params.get("model") or DEFAULT_MODEL
         if len(model) > MAX_MODEL_CHARS:
             raise Refusal(
@@ -118,6 +104,7 @@ class RealtimeSocket(WebSocketTransport):
         session = RealtimeSession(state.runtime, config, recorder=state.recorder)
         if ws.client is not None:
             session.caller = f"{ws.client.host}:{ws.client.port}"
+        session.owner_key = principal_of(ws).owner
         if flow is not None:
             attach_flow(session, state, flow)
         rt_config = RealtimeConfig(
@@ -193,4 +180,6 @@ async def flow_for(state: AppState, model: str) -> Any:
 
 realtime_endpoint = RealtimeSocket.endpoint
 
-routes: list[BaseRoute] = [WebSocketRoute("/v1/realtime", realtime_endpoint)]
+routes: list[BaseRoute] = [
+    scoped(WebSocketRoute("/v1/realtime", realtime_endpoint), "realtime", client_secret=True)
+]

@@ -29,6 +29,8 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.agent.flow_agent import FlowNotAvailable, load_stored_flow
 from gateway.api_common import app_state, parse_body, validation_detail
+from gateway.auth import principal_of, scoped
+from gateway.keys.ownership import owns
 from gateway.speech import piper_api
 from gateway.speech.conversations import ChatConversation, ConversationsFull, TurnResult, registry
 from gateway.speech.decode import (
@@ -132,7 +134,7 @@ async def open_conversation(
     conversations = registry(request)
     if conversation_id is not None:
         conversation = conversations.get(conversation_id)
-        if conversation is None:
+        if conversation is None or not owns(principal_of(request), conversation.session.owner_key):
             raise HTTPException(
                 404,
                 f"no open conversation {conversation_id[:64]!r}: it never existed, or ended (a flow's end, "
@@ -156,6 +158,7 @@ async def open_conversation(
         )
     except ConversationsFull as exc:
         raise HTTPException(503, str(exc)) from None
+    conversation.session.owner_key = principal_of(request).owner
     greeting = await _run(conversation, conversation.session.start, _turn_timeout(request))
     return conversation, greeting if loaded is not None else None
 
@@ -364,7 +367,7 @@ async def voice_chat(request: Request) -> Response:
 def _known(request: Request) -> ChatConversation:
     conversation_id = request.path_params["conversation_id"]
     conversation = registry(request).get(conversation_id)
-    if conversation is None:
+    if conversation is None or not owns(principal_of(request), conversation.session.owner_key):
         raise HTTPException(404, f"no open conversation {conversation_id[:64]!r}")
     return conversation
 
@@ -391,8 +394,8 @@ async def end_conversation(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/v1/chat", chat, methods=["POST"]),
-    Route("/v1/voice-chat", voice_chat, methods=["POST"]),
-    Route("/v1/chat/{conversation_id}", get_conversation),
-    Route("/v1/chat/{conversation_id}", end_conversation, methods=["DELETE"]),
+    scoped(Route("/v1/chat", chat, methods=["POST"]), "batch"),
+    scoped(Route("/v1/voice-chat", voice_chat, methods=["POST"]), "batch"),
+    scoped(Route("/v1/chat/{conversation_id}", get_conversation), "batch"),
+    scoped(Route("/v1/chat/{conversation_id}", end_conversation, methods=["DELETE"]), "batch"),
 ]

@@ -39,6 +39,7 @@ from starlette.routing import BaseRoute, Route
 from engines.base import GenerationOptions
 from engines.registry import build
 from gateway.api_common import parse_body
+from gateway.auth import scoped
 from gateway.engines import engine_choices
 from gateway.state import AppState, app_state
 from pipeline.runtime import Runtime
@@ -376,6 +377,6 @@ async def unload_model(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/v1/load-model", load_model, methods=["POST"]),
-    Route("/v1/unload-model", unload_model, methods=["POST"]),
+    scoped(Route("/v1/load-model", load_model, methods=["POST"]), "admin"),
+    scoped(Route("/v1/unload-model", unload_model, methods=["POST"]), "admin"),
 ]

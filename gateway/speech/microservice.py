@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute, Route
 
 from engines.base import Voice
 from gateway.api_common import parse_body, read_json, unprocessable, validation_detail
+from gateway.auth import scoped
 from gateway.settings import Settings
 from gateway.speech import engine_memory, outputs
 from gateway.speech.synth import MAX_SPEED, MIN_SPEED, speak
@@ -267,12 +268,6 @@ async def text_to_dialogue(request: Request) -> Response:
     )
 
 
-def _check_key(request: Request) -> None:
-    # /api/v1/ is outside the edge's /v1/ key check (gateway/http_guard.py): these routes check the key here.
-    if not app_state(request).auth.allows_request(request):
-        raise HTTPException(401, "a valid API key is required in the Authorization header")
-
-
 async def _fields(request: Request) -> dict[str, Any] | JSONResponse:
     """A form (multipart or urlencoded) or a JSON object, as a dict; 422 for anything else."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -322,7 +317,6 @@ async def _capable_speech(
 
 async def clone(request: Request) -> Response:
     """``POST /api/v1/tts/clone`` (multipart: text, ref_audio file, ref_text, output_filepath)."""
-    _check_key(request)
     fields = await _fields(request)
     if isinstance(fields, Response):
         return fields
@@ -364,7 +358,6 @@ async def clone(request: Request) -> Response:
 
 async def design(request: Request) -> Response:
     """``POST /api/v1/tts/design`` (text, instruct, output_filepath; JSON or a form)."""
-    _check_key(request)
     fields = await _fields(request)
     if isinstance(fields, Response):
         return fields
@@ -383,10 +376,10 @@ async def design(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/v1/text-to-speech/{voice_id:path}", text_to_speech, methods=["POST"]),
-    Route("/v1/text-to-dialogue", text_to_dialogue, methods=["POST"]),
-    Route("/api/v1/tts/clone", clone, methods=["POST"]),
-    Route("/api/v1/tts/design", design, methods=["POST"]),
+    scoped(Route("/v1/text-to-speech/{voice_id:path}", text_to_speech, methods=["POST"]), "batch"),
+    scoped(Route("/v1/text-to-dialogue", text_to_dialogue, methods=["POST"]), "batch"),
+    scoped(Route("/api/v1/tts/clone", clone, methods=["POST"]), "batch"),
+    scoped(Route("/api/v1/tts/design", design, methods=["POST"]), "batch"),
     *outputs.routes,
     *engine_memory.routes,
 ]

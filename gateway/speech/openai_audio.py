@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from engines.base import SegmentStreamer, TranscribeOptions, Transcript, TranscriptSegment
 from gateway.api_common import app_state, parse_body, validation_detail
+from gateway.auth import scoped
 from gateway.settings import Settings
 from gateway.speech import subtitles
 from gateway.speech.decode import form_fields, read_form, upload_audio
@@ -314,11 +315,11 @@ async def models(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/v1/audio/speech", speech, methods=["POST"]),
-    Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
-    Route("/v1/audio/translations", translations, methods=["POST"]),
-    Route("/v1/audio/vad", vad, methods=["POST"]),
-    Route("/v1/models", models, methods=["GET"]),
+    scoped(Route("/v1/audio/speech", speech, methods=["POST"]), "batch"),
+    scoped(Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]), "batch"),
+    scoped(Route("/v1/audio/translations", translations, methods=["POST"]), "batch"),
+    scoped(Route("/v1/audio/vad", vad, methods=["POST"]), "batch"),
+    scoped(Route("/v1/models", models, methods=["GET"]), "batch"),
 ]
 
 __all__ = ["FORMATS", "routes"]

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.auth import scoped
 from gateway.settings import Settings
 from gateway.speech import encode
 from gateway.speech.encode import FORMATS, encode_all
@@ -189,4 +190,4 @@ async def download(request: Request) -> Response:
     return FileResponse(path, media_type=media_type, filename=path.name)
 
 
-routes: list[BaseRoute] = [Route(DOWNLOAD_PREFIX + "{name:path}", download, methods=["GET"])]
+routes: list[BaseRoute] = [scoped(Route(DOWNLOAD_PREFIX + "{name:path}", download, methods=["GET"]), "batch")]

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from engines.base import Voice
 from gateway.api_common import BadJson, app_state, read_json
+from gateway.auth import scoped
 from gateway.speech import encode
 from gateway.speech.synth import find_voice, speak
 from pipeline.runtime import Runtime
@@ -343,7 +344,7 @@ async def utterance_json(utterance: Utterance, fmt: str, voice: Voice | None) ->
 
 
 routes: list[BaseRoute] = [
-    Route("/tts/stream", tts_stream),
-    Route("/tts", tts, methods=["POST"]),
-    Route("/stream/{lang}/{text:path}", stream_language),
+    scoped(Route("/tts/stream", tts_stream), "batch"),
+    scoped(Route("/tts", tts, methods=["POST"]), "batch"),
+    scoped(Route("/stream/{lang}/{text:path}", stream_language), "batch"),
 ]

@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 from engines.base import Capabilities, TTSEngine
 from engines.tts_voices import VoicesTTS
 from engines.voice_map import base_language
+from gateway.auth import scoped
 from gateway.state import app_state
 from pipeline.language import voice_for_language
 
@@ -115,4 +116,4 @@ async def list_voices(request: Request) -> Response:
     return JSONResponse(body)
 
 
-routes: list[BaseRoute] = [Route("/v1/voices", list_voices)]
+routes: list[BaseRoute] = [scoped(Route("/v1/voices", list_voices), "batch")]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from gateway.auth import scoped
 from telephony.call_provider import CallControl, OutboundCall, OutboundRefused
 from telephony.media_call import serve_media_socket
 from telephony.provider import MediaStreamProvider
@@ -52,9 +53,9 @@ class TwilioProvider:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route(VOICE_PATH, incoming_call, methods=["POST"]),
-            Route(STATUS_PATH, call_status, methods=["POST"]),
-            WebSocketRoute(MEDIA_PATH, self._media_socket),
+            scoped(Route(VOICE_PATH, incoming_call, methods=["POST"]), "signed"),
+            scoped(Route(STATUS_PATH, call_status, methods=["POST"]), "signed"),
+            scoped(WebSocketRoute(MEDIA_PATH, self._media_socket), "signed"),
         ]
 
     async def _media_socket(self, ws: WebSocket) -> None:
