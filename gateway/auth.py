@@ -1,8 +1,8 @@
 """Who may call, and which routes need what (issue 15; docs/security.md).
 
 Every route declares its scope where it is defined, with :func:`scoped`: one of the key scopes
-(``realtime``, ``batch``, ``media``, ``flows``, ``calls``, ``admin``), ``public`` (health, pages) or
-``signed`` (a provider's webhooks, which prove themselves with signatures, never with a key). The edge
+(``realtime``, ``batch``, ``media``, ``flows``, ``calls``, ``admin``), ``key`` (any valid key, whatever its
+scopes), ``public`` (health, pages) or ``signed`` (a provider's webhooks, which prove themselves with signatures, never with a key). The edge
 (gateway/http_guard.py) reads the declaration, resolves the caller with :meth:`Auth.resolve` and refuses
 before the route runs: 401 without a valid key, 403 for a key without the scope. A route that declares
 nothing needs ``admin``: a forgotten declaration fails closed (and tests/test_auth_table.py fails).
@@ -44,7 +44,8 @@ WRONG_KEY_DETAIL = "missing, wrong or revoked API key: send it as 'Authorization
 
 PUBLIC = "public"  # anyone: health, pages (which then ask for a token)
 SIGNED = "signed"  # a provider's webhooks and media streams: they check the provider's signature themselves
-ROUTE_SCOPES = (*SCOPES, PUBLIC, SIGNED)
+ANY_KEY = "key"  # any valid key, whatever its scopes (its own usage, its own webhooks)
+ROUTE_SCOPES = (*SCOPES, ANY_KEY, PUBLIC, SIGNED)
 SCOPE_ATTR = "voxgate_scope"
 CLIENT_SECRET_ATTR = "voxgate_client_secret"
 PUBLIC_IF_ATTR = "voxgate_public_if"

@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import (
     ANONYMOUS,
+    ANY_KEY,
     CLIENT_SECRET_PREFIX,
     GRANT_KEY,
     KEY_IN_URL_DETAIL,
@@ -331,7 +332,7 @@ class HttpGuard:
             if found is None:
                 return Refusal(401, "unauthorized", WRONG_KEY_DETAIL, (("www-authenticate", "Bearer"),))
             principal = found
-        if not principal.allows(needed):
+        if needed != ANY_KEY and not principal.allows(needed):
             detail = f"this key may not use {scope['path'][:QUOTE_CHARS]}: it needs the {needed!r} scope"
             return Refusal(403, "forbidden", detail)
         scope[SCOPE_KEY] = principal

@@ -15,6 +15,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.api_common import require_store
+from gateway.auth import scoped
 from gateway.principal import principal_of
 from gateway.usage.store import COUNTS, MAX_DAYS, per_day
 
@@ -64,5 +65,5 @@ async def usage_page(request: Request) -> Response:
     return FileResponse(PAGE)
 
 
-routes: list[BaseRoute] = [Route("/v1/usage", get_usage)]
-pages: list[BaseRoute] = [Route("/usage", usage_page)]
+routes: list[BaseRoute] = [scoped(Route("/v1/usage", get_usage), "key")]
+pages: list[BaseRoute] = [scoped(Route("/usage", usage_page), "public")]
