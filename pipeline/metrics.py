@@ -5,19 +5,26 @@ from __future__ import annotations
 import asyncio
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from pipeline.aio import cancel_and_wait
 
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
+# HTTP answers range from a health check (< 1 ms) to a synthesized file or a waited-for job (many seconds).
+_HTTP_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Metrics:
-    """Active sessions, per-stage latency, queue depths, dropped input, interruptions, event-loop lag."""
+    """Active sessions and calls, per-stage latency, queue depths, dropped input, interruptions, event-loop lag,
+    HTTP requests by route template, media job queue depth and the process's own CPU, memory and open files.
+
+    docs/observability.md lists every name; dashboards depend on them, so they do not change."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds... read from /proc at scrape.
+        ProcessCollector(registry=r)
         self.active_sessions = Gauge(
             "voxgate_active_sessions", "Sessions currently open", ["transport"], registry=r
         )
@@ -47,6 +54,29 @@ class Metrics:
         self.loop_lag = Gauge("voxgate_event_loop_lag_seconds", "Latest event-loop lag", registry=r)
         self.loop_lag_max = Gauge(
             "voxgate_event_loop_lag_max_seconds", "Worst event-loop lag seen", registry=r
+        )
+
+        self.active_calls = Gauge(
+            "voxgate_active_calls", "Phone calls currently connected", ["provider"], registry=r
+        )
+        self.http_requests = Counter(
+            "voxgate_http_requests_total",
+            "HTTP requests answered, by route template (unmatched: no route)",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "voxgate_http_request_duration_seconds",
+            "HTTP request time until the response body ended, by route template",
+            ["method", "route"],
+            buckets=_HTTP_BUCKETS,
+            registry=r,
+        )
+        self.job_queue_depth = Gauge(
+            "voxgate_job_queue_depth",
+            "Media jobs queued or running (shared database)",
+            ["status"],
+            registry=r,
         )
 
     def observe_ms(self, stage: str, ms: float | None) -> None:
