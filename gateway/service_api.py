@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from gateway.auth import scoped
 from gateway.speech.engine_memory import engine_class_name, memory_of
 from gateway.state import app_state
+from storage.jobs import QUEUED, RUNNING
 
 STATIC = Path(__file__).parent / "static"
 VERSION = "0.1.0"
@@ -94,6 +95,10 @@ async def metrics(request: Request) -> Response:
         m.queue_depth.labels(name).set(totals.get(name, 0.0))
     for worker in rt.workers():
         m.queue_depth.labels(f"engine_{worker.name}").set(worker.pending)
+    jobs = getattr(request.app.state, "media_jobs", None)  # the shared database's count: every replica's
+    if jobs is not None:
+        for status in (QUEUED, RUNNING):
+            m.job_queue_depth.labels(status).set(await jobs.jobs.count(status))
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.agent.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.call_records import save_call_recording
+from gateway.logs import bind_log_context
 from gateway.protocol import flow_request
 from gateway.settings import session_config
 from gateway.state import AppState, app_state
@@ -34,6 +35,7 @@ from gateway.transports.base import (
 from pipeline.events import ResponseAudioDone, ServerEvent
 from pipeline.session import Session, SessionError
 from telephony.call_provider import TelephonyProvider
+from telephony.consent import ConsentAnnouncement
 from telephony.marks import MarkedAudio
 from telephony.provider import DtmfDigit, MarkEchoed, MediaChunk, ProtocolError, StreamStarted, StreamStopped
 from telephony.stream_state import StreamState
@@ -62,6 +64,7 @@ class MediaStreamCall(Transport):
         self.stream = StreamState(provider.stream)
         self.stream_sid: str | None = None
         self.sink: MarkedAudio | None = None
+        self.consent: ConsentAnnouncement | None = None
 
     async def run(self) -> None:
         """Serve the socket (accepting it) until the stream ends; releases the reservation or session."""
@@ -81,6 +84,7 @@ class MediaStreamCall(Transport):
             with contextlib.suppress(Exception):
                 await self.ws.close(_CLOSE_CODES.get(reason, CLOSE_NORMAL))
             if self.session is not None:
+                self.state.engines.metrics.active_calls.labels(self.name).dec()
                 await self._record_call(status="completed")
                 await save_call_recording(self.state, self.session, self._call["sid"])
 
@@ -135,7 +139,8 @@ class MediaStreamCall(Transport):
             return None if await self._start(event) else "refused"
         if isinstance(event, MediaChunk):
             assert self.session is not None  # StreamState refuses media before start
-            self.session.push_audio(self.stream.caller_audio(event))
+            audio = self.stream.caller_audio(event)
+            self.session.push_audio(audio if self.consent is None else self.consent.caller_audio(audio))
         elif isinstance(event, DtmfDigit):
             assert self.session is not None
             await self.session.dtmf(event.digit)
@@ -181,13 +186,19 @@ class MediaStreamCall(Transport):
                 log.warning("call %.40s: not answered or placed here; its flow cannot hang up", start.call_id)
             attach_flow(session, state, flow, call=control)
         self.session = session
+        bind_log_context(call_id=start.call_id)  # with the session id admit() binds: this call's log lines
         self.place.admit(session)
+        self.state.engines.metrics.active_calls.labels(self.name).inc()
+        if state.settings.consent_announcement:  # before start(): it holds the flow's agent back
+            self.consent = ConsentAnnouncement(session, state.settings.consent_announcement)
         self._call = {"sid": start.call_id, "from": params.get("from"), "to": params.get("to")}
         self._call["direction"] = params.get("direction", "inbound")
         await session.start()
         await self._record_call(status="in-progress")
         self.sink = MarkedAudio(self.ws, self.provider.stream, start.stream_id, session)
         self.start_writer()
+        if self.consent is not None:
+            self.consent.start()
 
     async def _load_flow(self, call_id: str, params: dict[str, str]) -> Any:
         """The flow the call's parameters name, or None: a bad or missing flow must not drop the call."""

@@ -17,6 +17,7 @@ import contextlib
 import logging
 from typing import ClassVar, Protocol
 
+from gateway.logs import bind_log_context
 from gateway.state import AppState
 from pipeline.events import ServerEvent
 from pipeline.outbox import Flush, OutAudio
@@ -76,6 +77,7 @@ class Place:
         self._reserved = False
         self.session = session
         self.state.sessions.add(session)
+        bind_log_context(session_id=session.id)  # this task's logs, and its session's tasks'
         self.state.engines.metrics.active_sessions.labels(self.transport).inc()
 
     def release(self) -> None:
