@@ -14,7 +14,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.api_common import app_state, parse_body, parse_query_int, require_store, unprocessable
-from gateway.auth import scoped
+from gateway.auth import principal_of, scoped
+from gateway.keys.ownership import owner_filter, owns
 from gateway.protocol import clip, quote
 from telephony.call_provider import OutboundCall, OutboundRefused
 from telephony.registry import outbound_provider
@@ -47,7 +48,8 @@ async def place_call(request: Request) -> Response:
     if unavailable is not None:
         raise HTTPException(400, unavailable)
     store = require_store(request)
-    if await store.get_flow(body.flow) is None:
+    exists, flow_owner = await store.keys.owner_of("flows", body.flow)
+    if not exists or not owns(principal_of(request), flow_owner):
         return unprocessable(
             [{"loc": ["flow"], "msg": f"no stored flow {quote(body.flow)}", "type": "value_error"}]
         )
@@ -64,7 +66,13 @@ async def place_call(request: Request) -> Response:
         raise HTTPException(502, f"{provider.title} refused the call: {clip(str(exc), 200)}") from exc
     await store.merge_call(
         sid,
-        {"direction": "outbound", "from_number": body.from_, "to_number": body.to, "status": "queued"},
+        {
+            "direction": "outbound",
+            "from_number": body.from_,
+            "to_number": body.to,
+            "status": "queued",
+            "owner_key": principal_of(request).owner,  # the key that placed it sees it; admin all
+        },
         provider=provider.name,
         extra={"flow": body.flow, "voicemail_message": body.voicemail_message},
         now=time.time(),
@@ -74,14 +82,14 @@ async def place_call(request: Request) -> Response:
 
 async def list_calls(request: Request) -> Response:
     limit = parse_query_int(request.query_params.get("limit"), "limit", default=50, lo=1, hi=500)
-    rows = await require_store(request).list_calls(limit)
+    rows = await require_store(request).list_calls(limit, owner_filter(request))
     return JSONResponse({"calls": [_public(r) for r in rows]})
 
 
 async def get_call(request: Request) -> Response:
     store = require_store(request)
     call = await store.get_call(request.path_params["sid"])
-    if call is None:
+    if call is None or not owns(principal_of(request), call.get("owner_key")):
         raise HTTPException(404, "no such call")
     result = _public(call)
     session = await _session(request, call)
@@ -93,7 +101,7 @@ async def get_call(request: Request) -> Response:
 async def get_recording(request: Request) -> Response:
     store = require_store(request)
     call = await store.get_call(request.path_params["sid"])
-    if call is None:
+    if call is None or not owns(principal_of(request), call.get("owner_key")):
         raise HTTPException(404, "no such call")
     path = _stereo(await _session(request, call))
     if path is None or not Path(path).is_file():

@@ -30,7 +30,8 @@ from gateway.api_common import (
     strict_json_loads,
     unprocessable,
 )
-from gateway.auth import scoped
+from gateway.auth import principal_of, scoped
+from gateway.keys.ownership import owns, require_owned
 
 MAX_VERSION = 2**31 - 1  # the store's version column is a 32-bit integer
 DEFAULT_DRAFT_TOKENS = 900
@@ -116,7 +117,13 @@ async def flow_schema(request: Request) -> Response:
 
 
 async def list_flows(request: Request) -> Response:
-    return JSONResponse({"flows": await require_store(request).list_flows()})
+    flows = await require_store(request).list_flows()
+    principal = principal_of(request)
+    return JSONResponse({"flows": [_listed(f) for f in flows if owns(principal, f.get("owner_key"))]})
+
+
+def _listed(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "owner_key"}
 
 
 async def create_flow(request: Request) -> Response:
@@ -128,7 +135,15 @@ async def create_flow(request: Request) -> Response:
     if await store.get_flow(flow.id) is not None:
         raise HTTPException(409, f"flow {flow.id!r} exists; PUT /v1/flows/{flow.id} stores a new version")
     version = await store.save_flow(flow.id, flow.name, document)
+    await _claim(request, flow.id, version)
     return JSONResponse({"id": flow.id, "version": version}, status_code=201)
+
+
+async def _claim(request: Request, flow_id: str, version: int) -> None:
+    """A new flow is its creator's (admin's and auth-off flows have no owner: admin sees them)."""
+    owner = principal_of(request).owner
+    if version == 1 and owner is not None:
+        await require_store(request).keys.set_owner("flows", flow_id, owner)
 
 
 async def get_flow(request: Request) -> Response:
@@ -137,6 +152,7 @@ async def get_flow(request: Request) -> Response:
         None if not raw_version else parse_query_int(raw_version, "version", default=1, lo=1, hi=MAX_VERSION)
     )
     flow_id = _flow_id(request)
+    await require_owned(request, "flows", flow_id, "no such flow")
     document = await require_store(request).get_flow(flow_id, version)
     if document is None:
         raise HTTPException(404, "no such flow" if version is None else "no such flow version")
@@ -148,6 +164,7 @@ async def get_flow(request: Request) -> Response:
 
 async def flow_versions(request: Request) -> Response:
     flow_id = _flow_id(request)
+    await require_owned(request, "flows", flow_id, "no such flow")
     versions = await require_store(request).flow_versions(flow_id)
     if not versions:
         raise HTTPException(404, "no such flow")
@@ -156,6 +173,7 @@ async def flow_versions(request: Request) -> Response:
 
 async def update_flow(request: Request) -> Response:
     flow_id = request.path_params["flow_id"]
+    await require_owned(request, "flows", flow_id[:128], "no such flow")
     checked = await _validated(request)
     if isinstance(checked, JSONResponse):
         return checked
@@ -163,11 +181,14 @@ async def update_flow(request: Request) -> Response:
     if flow.id != flow_id:
         return unprocessable([_issue("id_mismatch", f"body id {flow.id!r} is not {flow_id[:100]!r}", "id")])
     version = await require_store(request).save_flow(flow.id, flow.name, document)
+    await _claim(request, flow.id, version)
     return JSONResponse({"id": flow.id, "version": version})
 
 
 async def delete_flow(request: Request) -> Response:
-    if not await require_store(request).delete_flow(_flow_id(request)):
+    flow_id = _flow_id(request)
+    await require_owned(request, "flows", flow_id, "no such flow")
+    if not await require_store(request).delete_flow(flow_id):
         raise HTTPException(404, "no such flow")
     return Response(status_code=204)
 

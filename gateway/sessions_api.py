@@ -14,6 +14,9 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api_common import app_state, require_store, unprocessable, validation_detail
 from gateway.auth import issue_session_token, scoped
+from gateway.keys.ownership import owner_filter, owns, require_owned
+from gateway.principal import principal_of
+from gateway.sessions import EndedSession
 from pipeline.session import Session
 from storage.store import BadCursor, SessionQuery
 
@@ -38,7 +41,13 @@ async def list_sessions(request: Request) -> Response:
     except ValidationError as exc:
         return validation_detail(exc)
     query = SessionQuery(
-        params.since, params.until, params.flow, params.transport, params.limit, params.cursor
+        params.since,
+        params.until,
+        params.flow,
+        params.transport,
+        params.limit,
+        params.cursor,
+        owner_key=owner_filter(request),  # a key lists its own sessions; admin all
     )
     try:
         rows, next_cursor = await require_store(request).list_sessions(query)
@@ -52,7 +61,7 @@ async def list_sessions(request: Request) -> Response:
 
 async def get_session(request: Request) -> Response:
     session_id = request.path_params["session_id"]
-    session = app_state(request).sessions.get(session_id)
+    session = await _owned_in_memory(request, session_id)
     stored = await require_store(request).get_session(session_id)
     if session is not None:
         # Memory knows the turns best (storage lags by a write interval); storage knows the recordings.
@@ -67,7 +76,7 @@ async def delete_session(request: Request) -> Response:
     """Delete a session with its turns and recordings; a live one is ended first (reason ``deleted``)."""
     state = app_state(request)
     session_id = request.path_params["session_id"]
-    in_memory = state.sessions.get(session_id)
+    in_memory = await _owned_in_memory(request, session_id)
     recording_dir = None
     if isinstance(in_memory, Session):
         await in_memory.close("deleted")
@@ -82,6 +91,15 @@ async def delete_session(request: Request) -> Response:
     if not (deleted or was_known):
         raise HTTPException(404, "no such session")
     return Response(status_code=204)
+
+
+async def _owned_in_memory(request: Request, session_id: str) -> Session | EndedSession | None:
+    """The session as memory knows it; 404 when it is another key's (live, or stored)."""
+    session = app_state(request).sessions.get(session_id)
+    if isinstance(session, Session) and not owns(principal_of(request), session.owner_key):
+        raise HTTPException(404, "no such session")
+    await require_owned(request, "sessions", session_id, "no such session")
+    return session
 
 
 def _live_summary(session: Any) -> dict[str, Any]:

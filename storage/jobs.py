@@ -28,7 +28,14 @@ class JobStore:
         self.engine = engine
 
     async def create(
-        self, job_id: str, *, kind: str, task: str, request: dict[str, Any], now: float
+        self,
+        job_id: str,
+        *,
+        kind: str,
+        task: str,
+        request: dict[str, Any],
+        now: float,
+        owner_key: str | None = None,
     ) -> dict[str, Any]:
         row = {
             "id": job_id,
@@ -44,6 +51,7 @@ class JobStore:
             "started_at": None,
             "finished_at": None,
             "updated_at": now,
+            "owner_key": owner_key,  # the API key that asked (None: admin, or auth off)
         }
         async with self.engine.begin() as conn:
             await conn.execute(jobs.insert().values(**row))
@@ -55,10 +63,17 @@ class JobStore:
         return dict(row._mapping) if row is not None else None
 
     async def list(
-        self, *, status: str | None = None, kind: str | None = None, limit: int = 50
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        owner_key: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first."""
+        """Newest first; ``owner_key``: only that API key's jobs."""
         stmt = select(jobs)
+        if owner_key is not None:
+            stmt = stmt.where(jobs.c.owner_key == owner_key)
         if status is not None:
             stmt = stmt.where(jobs.c.status == status)
         if kind is not None:

@@ -37,6 +37,7 @@ class SessionQuery:
     transport: str | None = None
     limit: int = 50
     cursor: str | None = None
+    owner_key: str | None = None  # only this API key's sessions (None: everyone's)
 
 
 class Store:
@@ -78,6 +79,8 @@ class Store:
             conditions.append(sessions.c.flow_id == query.flow_id)
         if query.transport is not None:
             conditions.append(sessions.c.transport == query.transport)
+        if query.owner_key is not None:
+            conditions.append(sessions.c.owner_key == query.owner_key)
         if query.cursor:
             created, last_id = _decode_cursor(query.cursor)
             conditions.append(
@@ -290,10 +293,13 @@ class Store:
                     calls.update().where(calls.c.id == call_sid).values(**values, extra=merged)
                 )
 
-    async def list_calls(self, limit: int = 50) -> list[dict[str, Any]]:
+    async def list_calls(self, limit: int = 50, owner_key: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; ``owner_key``: only that API key's calls."""
+        stmt = select(calls).order_by(calls.c.created_at.desc()).limit(limit)
+        if owner_key is not None:
+            stmt = stmt.where(calls.c.owner_key == owner_key)
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(calls).order_by(calls.c.created_at.desc()).limit(limit))
-            return [dict(r._mapping) for r in rows]
+            return [dict(r._mapping) for r in await conn.execute(stmt)]
 
     async def get_call(self, call_sid: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:

@@ -180,6 +180,8 @@ class MediaStreamCall(Transport):
         config.recording_dir = str(state.settings.recordings_dir)  # every call is recorded (see docs)
         session = Session(state.runtime, config, recorder=state.recorder)
         session.caller = params.get("from") or None
+        if state.store is not None:  # a call placed with an API key: its session is that key's (issue 15)
+            session.owner_key = (await state.store.keys.owner_of("calls", start.call_id))[1]
         if flow is not None:
             control = self.provider.call_control(state, start.call_id)
             if not control.owned:

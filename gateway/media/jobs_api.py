@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from gateway.api_common import parse_query_int
-from gateway.auth import scoped
+from gateway.auth import principal_of, scoped
+from gateway.keys.ownership import owner_filter, owns
 from gateway.media.models import Limits
 from gateway.media.service import POLL_S, MediaJobs, media_jobs
 from storage.jobs import FINAL_STATUSES, STATUSES
@@ -55,8 +56,11 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def find_job(jobs: MediaJobs, job_id: str) -> dict[str, Any]:
+async def find_job(jobs: MediaJobs, job_id: str, conn: HTTPConnection | None = None) -> dict[str, Any]:
+    """The job; 404 when there is none, or (``conn``) when it is another API key's."""
     row = await jobs.jobs.get(job_id) if JOB_ID.match(job_id) else None
+    if row is not None and conn is not None and not owns(principal_of(conn), row.get("owner_key")):
+        row = None
     if row is None:
         raise HTTPException(404, f"no job {job_id[:80]!r}")
     return row
@@ -71,19 +75,19 @@ async def list_jobs(request: Request) -> Response:
     if kind is not None and kind not in KINDS:
         raise HTTPException(422, f"kind must be one of {', '.join(KINDS)}")
     limit = parse_query_int(request.query_params.get("limit"), "limit", default=50, lo=1, hi=500)
-    rows = await jobs.jobs.list(status=status, kind=kind, limit=limit)
+    rows = await jobs.jobs.list(status=status, kind=kind, limit=limit, owner_key=owner_filter(request))
     return JSONResponse({"object": "list", "data": [job_view(r) for r in rows]})
 
 
 async def get_job(request: Request) -> Response:
-    return JSONResponse(job_view(await find_job(media_jobs(request), request.path_params["job_id"])))
+    return JSONResponse(job_view(await find_job(media_jobs(request), request.path_params["job_id"], request)))
 
 
 async def cancel_job(request: Request) -> Response:
     """Cancel: a queued job ends at once, a running one at its engine's next step (``cancel_requested``
     until then); a job that already ended is a 409."""
     jobs = media_jobs(request)
-    row = await find_job(jobs, request.path_params["job_id"])
+    row = await find_job(jobs, request.path_params["job_id"], request)
     if row["status"] in FINAL_STATUSES:
         raise HTTPException(409, f"job {row['id']} already ended {row['status']}")
     row = await jobs.cancel(row["id"])
@@ -99,7 +103,7 @@ async def job_events(request: Request) -> Response:
     """The job now, then again at each change of status or progress, until it ends (the last event holds
     the final state; the stream then closes: an ``EventSource`` should be closed by its page there)."""
     jobs = media_jobs(request)
-    job_id = (await find_job(jobs, request.path_params["job_id"]))["id"]
+    job_id = (await find_job(jobs, request.path_params["job_id"], request))["id"]
 
     async def stream() -> AsyncIterator[str]:
         last: tuple[str, float] | None = None
@@ -127,7 +131,7 @@ async def job_events(request: Request) -> Response:
 async def job_file(request: Request) -> Response:
     jobs = media_jobs(request)
     name = request.path_params["name"]
-    row = await find_job(jobs, request.path_params["job_id"])
+    row = await find_job(jobs, request.path_params["job_id"], request)
     if not FILE_NAME.match(name) or name not in ((row["result"] or {}).get("files") or []):
         raise HTTPException(404, f"job {row['id']} has no file {name[:80]!r}")
     path = jobs.files.path(row["id"], name)

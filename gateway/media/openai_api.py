@@ -110,13 +110,15 @@ async def create_video(request: Request) -> Response:
 
 
 async def get_video(request: Request) -> Response:
-    return JSONResponse(video_object(await find_job(media_jobs(request), request.path_params["video_id"])))
+    return JSONResponse(
+        video_object(await find_job(media_jobs(request), request.path_params["video_id"], request))
+    )
 
 
 async def video_content(request: Request) -> Response:
     """The MP4 once the video is completed (404 before, as OpenAI answers)."""
     jobs = media_jobs(request)
-    row = await find_job(jobs, request.path_params["video_id"])
+    row = await find_job(jobs, request.path_params["video_id"], request)
     files = (row["result"] or {}).get("files") or []
     path = jobs.files.path(row["id"], "video.mp4")
     if "video.mp4" not in files or not path.is_file():

@@ -153,7 +153,10 @@ class MediaJobs:
             owner=self.settings.instance_id,
         )
         job_id = f"job_{uuid.uuid4().hex}"
-        row = await self.jobs.create(job_id, kind=kind, task=request.task, request=record, now=time.time())
+        owner = current_principal().owner  # the key's own job (issue 15): it alone sees it; admin all
+        row = await self.jobs.create(
+            job_id, kind=kind, task=request.task, request=record, now=time.time(), owner_key=owner
+        )
         try:
             await enqueue(self.broker, job_id, payload_of(request, n))
         except Exception as exc:
