@@ -54,6 +54,7 @@ class TurnTracer:
     """Builds one turn's spans from its answer's timestamps (monotonic seconds, turned into wall-clock ns)."""
 
     def __init__(self, provider: trace.TracerProvider) -> None:
+        self.provider = provider
         self.tracer = provider.get_tracer("voxgate")
 
     def trace_turn(self, session: Session, turn: TurnRecord, answer: Answer, end: float) -> None:

@@ -211,3 +211,42 @@ def test_masking_keeps_what_is_not_secret() -> None:
     assert mask_private("key vg_Abc-123_xyz9 and ek_token0123 ok") == "key vg_*** and ek_*** ok"
     assert mask_private("session sess_1a2b turn turn_99 key_7") == "session sess_1a2b turn turn_99 key_7"
     assert mask_private("2+2 = 4, v1.2+3") == "2+2 = 4, v1.2+3"
+
+
+def test_otlp_exporter_posts_spans_to_the_configured_endpoint(tmp_path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from gateway.settings import Settings
+    from gateway.tracing import TracingRecorder, traced_recorder
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{collector.server_port}/v1/traces"
+        assert traced_recorder(None, Settings(data_dir=tmp_path)) is None  # otel_exporter=none: nothing wraps
+        recorder = traced_recorder(
+            None, Settings(data_dir=tmp_path, otel_exporter="otlp", otel_endpoint=endpoint)
+        )
+        assert isinstance(recorder, TracingRecorder)
+        recorder.tracer.tracer.start_span("voxgate.turn").end()
+        provider = recorder.tracer.provider
+        assert provider.force_flush(10_000)
+        provider.shutdown()
+    finally:
+        collector.shutdown()
+    path, content_type, body = received[0]
+    assert path == "/v1/traces" and content_type == "application/x-protobuf"
+    assert b"voxgate.turn" in body and b"voxgate" in body
