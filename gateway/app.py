@@ -31,6 +31,8 @@ from gateway.state import AppState
 from gateway.tracing import traced_recorder
 from gateway.usage import UsageCollector
 from gateway.usage import api as usage_api
+from gateway.webhooks import api as webhooks_api
+from gateway.webhooks import service as webhooks
 from pipeline.runtime import Runtime
 from telephony import registry as telephony
 
@@ -52,6 +54,7 @@ def all_routes() -> list[BaseRoute]:
         *realtime.routes,
         *speech.routes,
         *media.routes,
+        *webhooks_api.routes,
         *telephony.routes(),
         *usage_api.routes,
         *usage_api.pages,
@@ -85,6 +88,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         state.recorder = traced_recorder(state.recorder, settings)  # OpenTelemetry per turn, when set
         await limiter.start(state.store.engine if state.store is not None else None)
         await media.start(app)  # the job queue, and the embedded media engine (loading in a thread)
+        await webhooks.start(app)  # the dispatcher: platform events to stored, signed deliveries
         retention = asyncio.create_task(_retention_loop(state)) if settings.retention_days else None
         outputs_sweep = asyncio.create_task(outputs_retention(settings))
         state.lag.start()
@@ -112,6 +116,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             for call in list(state.webrtc_calls):
                 await call.end("server_shutdown")
             await media.stop(app)
+            await webhooks.stop(app)  # bounded: sends what is due, the rest stays stored
             await limiter.close()
             await state.close_store()
             await state.lag.stop()

@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.records import recording_row
 from gateway.state import AppState
+from gateway.webhooks.publish import publish_call_recording
 from pipeline.recording import write_stereo_call
 from pipeline.session import Session
 
@@ -44,6 +45,8 @@ async def save_call_recording(state: AppState, session: Session, call_sid: str) 
     ):
         row = recording_row(session, kind, directory / name, fmt, rate, duration)
         state.store.writer.upsert("recordings", row)
+    kinds = [("stereo", "wav"), ("transcript", "json")]
+    publish_call_recording(state.events, session, call_sid, duration, kinds)
 
 
 def _write(caller: Any, agent: Any, directory: Path, transcript: dict[str, Any]) -> float:

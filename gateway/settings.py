@@ -180,7 +180,7 @@ class Settings(BaseSettings, MediaSettings):
 
     # webhooks (docs/platform.md#webhooks)
     webhook_max_attempts: int = Field(
-        6, ge=1, le=50, description="tries per webhook delivery (connection errors, timeouts, 429 and 5xx retry)"
+        6, ge=1, le=50, description="tries per webhook delivery (errors, timeouts, 429 and 5xx are retried)"
     )
     webhook_retry_base_s: float = Field(
         2.0, gt=0, le=3600, description="wait before a delivery's first retry; each next wait doubles"

@@ -32,6 +32,7 @@ from gateway.transports.base import (
     Refusal,
     Transport,
 )
+from gateway.webhooks.publish import publish_call_completed
 from pipeline.events import ResponseAudioDone, ServerEvent
 from pipeline.session import Session, SessionError
 from telephony.call_provider import TelephonyProvider
@@ -87,6 +88,8 @@ class MediaStreamCall(Transport):
                 self.state.engines.metrics.active_calls.labels(self.name).dec()
                 await self._record_call(status="completed")
                 await save_call_recording(self.state, self.session, self._call["sid"])
+                ended = {"call": self._call, "status": "completed", "session": self.session}
+                publish_call_completed(self.state.events, provider=self.name, **ended)
 
     # -- inbound ----------------------------------------------------------------------------------------------
 

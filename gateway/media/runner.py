@@ -19,7 +19,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -99,8 +99,10 @@ class JobRunner:
         files: ResultFiles,
         concurrency: int,
         notify: Callable[[], None] | None = None,
+        ended: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.jobs = jobs
+        self.ended = ended  # told each job that ended here (job.finished, gateway/media/service.py)
         self.files = files
         self.engine: MediaEngine | None = None
         self.notify = notify or (lambda: None)
@@ -149,8 +151,10 @@ class JobRunner:
                 status, values = await self._execute(job_id, payload, running)
             finally:
                 del self._running[job_id]
-            await self.jobs.finish(job_id, status, time.time(), **values)
+            finished = await self.jobs.finish(job_id, status, time.time(), **values)
             self.notify()
+            if finished and self.ended is not None:
+                await self.ended(job_id)
 
     async def _execute(
         self, job_id: str, payload: dict[str, Any], running: _Running

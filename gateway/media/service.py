@@ -19,9 +19,11 @@ from engines.media_base import MediaCapabilities, MediaEngine, MediaRequest
 from gateway.limits import check_job, current_principal
 from gateway.media.queue import CapabilitiesBoard, assumed_capabilities, enqueue, make_broker
 from gateway.media.runner import JobRunner, ResultFiles, payload_of
+from gateway.platform_events import PlatformEvents
 from gateway.settings import Settings
+from gateway.webhooks.publish import publish_job_finished
 from pipeline.aio import cancel_and_wait
-from storage.jobs import FAILED, FINAL_STATUSES, QUEUED, JobStore
+from storage.jobs import CANCELLED, FAILED, FINAL_STATUSES, QUEUED, JobStore
 from storage.store import Store
 
 log = logging.getLogger("voxgate.media")
@@ -58,8 +60,9 @@ def load_media_engine(settings: Settings) -> MediaEngine:
 class MediaJobs:
     """Submits, waits for, cancels and sweeps one app's media jobs."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, events: PlatformEvents | None = None) -> None:
         self.settings = settings
+        self.events = events  # job.finished goes here (webhooks)
         self.jobs = JobStore(store.engine)
         self.files = ResultFiles(settings.data_dir / "jobs")
         self.changes = Changes()
@@ -82,7 +85,9 @@ class MediaJobs:
             self.broker = make_broker(s)
             if self.embedded:
                 await self._fail_orphans("the server restarted before the job finished")
-                self.runner = JobRunner(self.jobs, self.files, s.media_concurrency, self.changes.notify)
+                self.runner = JobRunner(
+                    self.jobs, self.files, s.media_concurrency, self.changes.notify, ended=self.ended
+                )
                 self.runner.register(self.broker)
                 self.runner.start()
                 self._tasks.append(asyncio.create_task(self._load_engine(), name="media-engine-load"))
@@ -162,6 +167,7 @@ class MediaJobs:
         except Exception as exc:
             log.error("could not queue media job %s: %s", job_id, exc)
             await self.jobs.finish(job_id, FAILED, time.time(), error=f"the job queue is unreachable: {exc}")
+            await self.ended(job_id)
             raise HTTPException(503, "the media job queue is unreachable (media_redis_url)") from None
         self.changes.notify()
         if self.usage is not None:
@@ -185,7 +191,22 @@ class MediaJobs:
             if live is not None:  # running here: its progress as the flag went up, not as last written
                 row["progress"] = live
         self.changes.notify()
+        # A queued job ends here; a running one ends in its runner, which tells ended() itself.
+        if row is not None and row["status"] == CANCELLED:
+            await self.ended(job_id)
         return row
+
+    async def ended(self, job_id: str) -> None:
+        """A job ended in this process: ``job.finished`` for the webhooks (never fails the caller)."""
+        if self.events is None:
+            return
+        try:
+            row = await self.jobs.get(job_id)
+        except Exception:
+            log.exception("media job %s: reading it for job.finished failed", job_id)
+            return
+        if row is not None:
+            publish_job_finished(self.events, row)
 
     # -- retention ---------------------------------------------------------------------------------------------
 
@@ -212,7 +233,7 @@ async def start(app: Starlette) -> None:
     """App start-up (after the store opened): the media jobs of this app."""
     state = app.state.voxgate
     assert state.store is not None
-    jobs = MediaJobs(state.settings, state.store)
+    jobs = MediaJobs(state.settings, state.store, state.events)
     jobs.limiter, jobs.usage = getattr(app.state, "limiter", None), getattr(app.state, "usage", None)
     await jobs.start()
     app.state.media_jobs = jobs

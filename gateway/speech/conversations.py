@@ -27,6 +27,7 @@ from flows.schema import Flow
 from gateway.agent.flow_agent import attach_flow
 from gateway.settings import session_config
 from gateway.state import AppState, app_state
+from gateway.webhooks.publish import publish_session_end
 from pipeline.agent_steps import TurnAgent
 from pipeline.conversation import TurnRecord
 from pipeline.events import (
@@ -320,12 +321,13 @@ class ConversationRegistry:
             assert session.agent is not None
             tracker = StepTracker(session.agent, session)
             session.agent = tracker
-        conversation = ChatConversation(session, tracker, on_end=self._forget)
+        conversation = ChatConversation(session, tracker, on_end=lambda ended: self._forget(ended, state))
         self.open[session.id] = conversation
         conversation.start_reader()
         return conversation
 
-    def _forget(self, conversation: ChatConversation) -> None:
+    def _forget(self, conversation: ChatConversation, state: AppState) -> None:
+        publish_session_end(state.events, conversation.session)  # its session closed: session.ended, once
         if self.open.get(conversation.id) is conversation:
             self.open.pop(conversation.id, None)
 

@@ -24,7 +24,7 @@ export function setApiKey(value) {
  * Call the gateway's HTTP API. Never throws: resolves to {ok, status, data, error}.
  * `error` is a readable string for failures (network error, HTTP error with its `detail`).
  */
-export async function api(path, { method = "GET", body, signal } = {}) {
+export async function api(path, { method = "GET", body, signal, retried = false } = {}) {
   const headers = { Accept: "application/json" };
   const key = apiKey();
   if (key) headers.Authorization = `Bearer ${key}`;
@@ -51,18 +51,34 @@ export async function api(path, { method = "GET", body, signal } = {}) {
     }
   }
   if (response.ok) return { ok: true, status: response.status, data, error: null };
+  if (response.status === 401 && !retried && askForKey(describeError(response.status, data))) {
+    return api(path, { method, body, signal, retried: true });
+  }
   return { ok: false, status: response.status, data, error: describeError(response.status, data) };
 }
 
 /**
- * A one-use session token for a WebSocket URL, or "" when no API key is set here (the server needs none then).
+ * Auth is on and the key is missing, wrong or revoked: ask for one (once per refusal), keep it like the key box
+ * does. True when the user gave a key to retry with.
+ */
+function askForKey(why) {
+  if (typeof window === "undefined" || typeof window.prompt !== "function") return false;
+  const entered = window.prompt(`This server needs an API key (${why}). Paste one (Authorization: Bearer):`, "");
+  if (!entered || !entered.trim()) return false;
+  setApiKey(entered.trim());
+  const box = document.getElementById("api-key");
+  if (box) box.value = entered.trim();
+  return true;
+}
+
+/**
+ * A one-use session token for a WebSocket URL (with auth off the server issues one to anyone).
  * Browsers cannot put headers on a WebSocket, and a URL ends up in logs and history: the key never goes in
  * one, a token that works once and expires within a minute does (POST /v1/sessions/token, docs/protocol.md).
  * Throws with a readable message when the server refuses.
  */
 export async function sessionToken() {
-  if (!apiKey()) return "";
-  const result = await api("/v1/sessions/token", { method: "POST" });
+  const result = await api("/v1/sessions/token", { method: "POST" }); // asks for a key if auth is on
   if (!result.ok) throw new Error(`cannot get a session token: ${result.error}`);
   return result.data.token;
 }

@@ -19,6 +19,7 @@ from typing import ClassVar, Protocol
 
 from gateway.logs import bind_log_context
 from gateway.state import AppState
+from gateway.webhooks.publish import publish_session_end
 from pipeline.events import ServerEvent
 from pipeline.outbox import Flush, OutAudio
 from pipeline.session import Session
@@ -89,6 +90,7 @@ class Place:
             session, self.session = self.session, None
             self.state.sessions.remove(session)
             self.state.engines.metrics.active_sessions.labels(self.transport).dec()
+            publish_session_end(self.state.events, session)  # session.ended (+ transcript, recording): once
 
 
 class AudioSink(Protocol):

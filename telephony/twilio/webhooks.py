@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.state import app_state
+from gateway.webhooks.publish import publish_call_status
 from telephony.twilio import twiml
 from telephony.twilio.control import PROVIDER_NAME, TwilioCallControl, twilio_gate, twilio_state
 from telephony.twilio.signatures import public_ws_url
@@ -71,6 +72,8 @@ async def call_status(request: Request) -> Response:
         defaults={"direction": direction, "from_number": form.get("From"), "to_number": form.get("To")},
         now=time.time(),
     )
+    events, status, duration = app_state(request).events, form.get("CallStatus", ""), form.get("CallDuration")
+    await publish_call_status(events, store, provider=PROVIDER_NAME, sid=sid, status=status, call_duration=duration)
     if form.get("AnsweredBy", "").startswith(("machine", "fax")):
         await _leave_voicemail(request, sid)
     return Response(status_code=204)
