@@ -29,9 +29,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.client import VoiceClient
-from gateway.platform_events import PlatformEvent
+from gateway.platform_events import PlatformEvent, PlatformEvents
 from gateway.webhooks.dispatcher import DeliveryPolicy, WebhookDispatcher
-from gateway.webhooks.publish import event_id
+from gateway.webhooks.publish import event_id, flush_pending, publish_session_end
 from gateway.webhooks.signing import verify
 from storage.store import Store
 from storage.webhooks import DELIVERED, WebhookStore
@@ -235,6 +235,32 @@ def test_a_typed_voice_session_delivers_signed_session_ended_and_transcript_read
         assert row["payload"] == hit.json and row["event_type"] == hit.json["type"]
     assert api.delete(f"/v1/webhooks/{hook['id']}").status_code == 204
     assert hook["id"] not in [h["id"] for h in api.get("/v1/webhooks").json()["webhooks"]]
+
+
+async def test_a_recorded_session_publishes_recording_ready_without_paths(tmp_path: Path) -> None:
+    from tests.test_session_core import FakeLLM, FakeTTS, harness
+
+    events = PlatformEvents()
+    seen: list[PlatformEvent] = []
+    events.subscribe(seen.append)
+    quick = {"llm": FakeLLM("Sure.", delay_s=0.0), "tts": FakeTTS(ms_per_word=60)}
+    async with harness(mic=False, recording_dir=str(tmp_path), **quick) as h:
+        h.session.owner_key = "key_owner"
+        await h.session.submit_text("Say something")
+        await h.rec.wait("response.audio.done")
+        publish_session_end(
+            events, h.session
+        )  # as a transport letting go of it: published once it has closed
+    await flush_pending(5.0)
+    assert [e.type for e in seen] == ["session.ended", "transcript.ready", "recording.ready"]
+    assert all(e.subject is h.session and e.key_id == "key_owner" for e in seen)
+    recording = seen[2].data
+    assert recording["session_id"] == h.session.id
+    files = {f["kind"]: f for f in recording["recordings"]}
+    assert sorted(files) == ["agent", "caller"] and files["agent"]["id"] == f"{h.session.id}-agent"
+    assert files["agent"]["duration_s"] > 0 and files["agent"]["url"] is None
+    assert str(tmp_path) not in json.dumps(recording)  # paths on the server are never sent
+    assert seen[0].data["close_reason"] == "client_closed" and seen[0].data["turn_count"] == 1
 
 
 # -- retries ------------------------------------------------------------------------------------------------------
