@@ -87,8 +87,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         await state.open_store()
         state.recorder = traced_recorder(state.recorder, settings)  # OpenTelemetry per turn, when set
         await limiter.start(state.store.engine if state.store is not None else None)
+        await webhooks.start(app)  # the dispatcher: platform events to stored deliveries (jobs' too, from here)
         await media.start(app)  # the job queue, and the embedded media engine (loading in a thread)
-        await webhooks.start(app)  # the dispatcher: platform events to stored, signed deliveries
         retention = asyncio.create_task(_retention_loop(state)) if settings.retention_days else None
         outputs_sweep = asyncio.create_task(outputs_retention(settings))
         state.lag.start()

@@ -457,3 +457,72 @@ def test_a_media_job_that_ends_delivers_job_finished(
     assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "failed"
     assert receiver.at("/studio/image/generate"), "the job never reached the remote engine"
     api.delete(f"/v1/webhooks/{hook['id']}")
+
+
+async def test_a_job_run_by_a_worker_process_stores_job_finished_for_the_gateways(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """``voxgate worker`` (its code, in this process) stores job.finished in the shared database; a gateway's
+    dispatcher sends it."""
+    redis = pytest.importorskip("redis.asyncio")
+    import uuid
+
+    from engines.media_base import MediaRequest
+    from gateway.media.service import MediaJobs
+    from gateway.media.worker import run_worker
+    from gateway.settings import Settings
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except Exception as exc:
+        pytest.skip(f"no Redis at 127.0.0.1:6379 ({exc})")
+    queue = f"voxgate-test-webhooks-{uuid.uuid4().hex[:12]}"
+    receiver.plans["/studio-worker/image/generate"] = [400]
+    settings = Settings(
+        data_dir=tmp_path,
+        media_engine="remote",
+        media_remote_url=f"{receiver.url}/studio-worker",
+        media_queue="redis",
+        media_redis_url="redis://127.0.0.1:6379/0",
+        media_redis_queue=queue,
+    )
+    store = await Store.open(settings.storage_url())
+    gateway = MediaJobs(settings, store)  # the gateway's side: queues only
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, stop))
+    hooks = WebhookStore(store.engine)
+    try:
+        await hooks.create(
+            "wh_worker", owner_key=None, flow_id=None, url=receiver.url + "/worker-jobs",
+            events=["job.finished"], secret="whsec_w", now=time.time(),
+        )  # fmt: skip
+        await gateway.start()
+        request = MediaRequest(task="text-to-image", prompt="a door", width=64, height=64, steps=1)
+        job = await gateway.submit("image", request, api="studio")
+        ended = await gateway.wait(job["id"], 30)
+        assert ended is not None and ended["status"] == "failed", ended
+        deadline = time.monotonic() + 20
+        while not (rows := await hooks.deliveries(None, webhook_id="wh_worker")):
+            assert time.monotonic() < deadline and not worker.done(), "the worker stored no job.finished"
+            await asyncio.sleep(0.05)
+        assert rows[0]["event_type"] == "job.finished" and rows[0]["payload"]["data"]["id"] == job["id"]
+        http = httpx.AsyncClient()
+        sender = WebhookDispatcher(hooks, DeliveryPolicy(allow_private=True), client=http)
+        assert await sender.send_due() == 1
+        await sender.wait_inflight()
+        (hit,) = receiver.at("/worker-jobs")
+        assert hit.json["data"]["status"] == "failed" and verify(
+            "whsec_w", hit.headers["x-voxgate-timestamp"], hit.body, hit.headers["x-voxgate-signature"]
+        )
+        await sender.stop(1.0)
+        await http.aclose()
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+        await gateway.stop()
+        await store.close()
+        keys = [k async for k in client.scan_iter(f"{queue}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()

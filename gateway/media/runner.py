@@ -122,14 +122,17 @@ class JobRunner:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._ticker = asyncio.create_task(self._tick(), name="media-job-ticker")
 
-    async def close(self, reason: str = "the process running the job shut down") -> None:
-        """Stop: the running jobs' engines are told to stop, and their records end ``failed``."""
+    async def close(self, reason: str = "the process running the job shut down") -> list[str]:
+        """Stop: the running jobs' engines are told to stop, and their records end ``failed``; returns the ids
+        of the jobs it stopped (each may have ended just before: the caller reads them back)."""
         await cancel_and_wait(self._ticker)
         for running in self._running.values():
             running.cancel.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        stopped = list(self._running)
         with contextlib.suppress(Exception):
-            await self.jobs.fail_open(list(self._running), reason, time.time())
+            await self.jobs.fail_open(stopped, reason, time.time())
+        return stopped
 
     def cancel_now(self, job_id: str) -> float | None:
         """Set a running job's cancel flag in this process; its progress at that moment (None: not here)."""

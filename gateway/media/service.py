@@ -21,7 +21,7 @@ from gateway.media.queue import CapabilitiesBoard, assumed_capabilities, enqueue
 from gateway.media.runner import JobRunner, ResultFiles, payload_of
 from gateway.platform_events import PlatformEvents
 from gateway.settings import Settings
-from gateway.webhooks.publish import publish_job_finished
+from gateway.webhooks.publish import publish_job_end
 from pipeline.aio import cancel_and_wait
 from storage.jobs import CANCELLED, FAILED, FINAL_STATUSES, QUEUED, JobStore
 from storage.store import Store
@@ -100,7 +100,8 @@ class MediaJobs:
         for task in self._tasks:
             await cancel_and_wait(task)
         if self.runner is not None:
-            await self.runner.close()
+            for job_id in await self.runner.close():
+                await self.ended(job_id)
             await self._fail_orphans("the server shut down before the job finished")
             if self.runner.engine is not None:
                 await asyncio.to_thread(self.runner.engine.close)
@@ -122,6 +123,8 @@ class MediaJobs:
         ids = await self.jobs.open_ids("memory", self.settings.instance_id)
         if await self.jobs.fail_open(ids, reason, time.time()):
             log.warning("media jobs ended failed: %s (%d)", reason, len(ids))
+            for job_id in ids:
+                await self.ended(job_id)
 
     # -- what the routes use -----------------------------------------------------------------------------------
 
@@ -198,15 +201,8 @@ class MediaJobs:
 
     async def ended(self, job_id: str) -> None:
         """A job ended in this process: ``job.finished`` for the webhooks (never fails the caller)."""
-        if self.events is None:
-            return
-        try:
-            row = await self.jobs.get(job_id)
-        except Exception:
-            log.exception("media job %s: reading it for job.finished failed", job_id)
-            return
-        if row is not None:
-            publish_job_finished(self.events, row)
+        if self.events is not None:
+            await publish_job_end(self.events, self.jobs, job_id)
 
     # -- retention ---------------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -17,12 +18,17 @@ import sys
 from gateway.media.queue import CAPABILITIES_TTL_S, CapabilitiesBoard, make_broker
 from gateway.media.runner import JobRunner, ResultFiles
 from gateway.media.service import load_media_engine
+from gateway.platform_events import PlatformEvents
 from gateway.settings import Settings
+from gateway.webhooks.dispatcher import DeliveryPolicy, WebhookDispatcher
+from gateway.webhooks.publish import publish_job_end
 from pipeline.aio import cancel_and_wait
 from storage.jobs import JobStore
 from storage.store import Store
+from storage.webhooks import WebhookStore
 
 log = logging.getLogger("voxgate.media.worker")
+WORKER_FLUSH_S = 5.0  # how long a stopping worker waits to store its last jobs' job.finished deliveries
 
 
 async def _announce(board: CapabilitiesBoard, runner: JobRunner) -> None:
@@ -40,8 +46,17 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     from taskiq.api import run_receiver_task
 
     store = await Store.open(settings.storage_url(), write_interval_s=settings.storage_write_interval_s)
+    jobs = JobStore(store.engine)
+    # job.finished: stored as deliveries in the shared database, which the gateways send.
+    events = PlatformEvents()
+    webhooks = WebhookDispatcher(WebhookStore(store.engine), DeliveryPolicy.from_settings(settings))
+    events.subscribe(webhooks.on_event)
+    webhooks.start(send=False)
     runner = JobRunner(
-        JobStore(store.engine), ResultFiles(settings.data_dir / "jobs"), settings.media_concurrency
+        jobs,
+        ResultFiles(settings.data_dir / "jobs"),
+        settings.media_concurrency,
+        ended=functools.partial(publish_job_end, events, jobs),
     )
     board = CapabilitiesBoard(settings)
     broker = make_broker(settings)
@@ -67,7 +82,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         for task in tasks:
             await cancel_and_wait(task)
-        await runner.close()
+        for job_id in await runner.close():
+            await publish_job_end(events, jobs, job_id)
+        await webhooks.stop(WORKER_FLUSH_S)
         with contextlib.suppress(Exception):
             await broker.shutdown()
         await board.close()

@@ -109,6 +109,7 @@ class WebhookDispatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._next_retry = float("inf")  # the earliest retry this dispatcher scheduled (epoch s)
+        self._sending = True
         self._hooks: tuple[float, list[dict[str, Any]]] | None = None  # (read at, monotonic), registrations
 
     # -- the subscriber ---------------------------------------------------------------------------------------
@@ -124,13 +125,15 @@ class WebhookDispatcher:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, send: bool = True) -> None:
+        """Start storing published events, and (``send``) sending due deliveries. A ``voxgate worker`` only
+        stores its jobs' events: the gateways, which share its database, send them."""
+        self._sending = send
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
-        self._loops = [
-            asyncio.create_task(self._record_loop(), name="webhooks-record"),
-            asyncio.create_task(self._send_loop(), name="webhooks-send"),
-        ]
+        self._loops = [asyncio.create_task(self._record_loop(), name="webhooks-record")]
+        if send:
+            self._loops.append(asyncio.create_task(self._send_loop(), name="webhooks-send"))
 
     async def stop(self, flush_s: float) -> None:
         """Store the events still queued, send what is due and wait for deliveries in flight, all within
@@ -140,7 +143,7 @@ class WebhookDispatcher:
         await publish.flush_pending(max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._inbox.join(), max(0.0, deadline - time.monotonic()))
-        while (left := deadline - time.monotonic()) > 0:
+        while self._sending and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.send_due(), left)
             if not self._inflight:

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.platform_events import PlatformEvent, PlatformEvents
 from pipeline.session import Session
+from storage.jobs import FINAL_STATUSES, JobStore
 from storage.store import FINAL_CALL_STATUSES, Store
 
 log = logging.getLogger("voxgate.webhooks")
@@ -225,6 +226,18 @@ async def publish_call_status(
 
 
 # -- media jobs -------------------------------------------------------------------------------------------------
+
+
+async def publish_job_end(events: PlatformEvents, jobs: JobStore, job_id: str) -> None:
+    """``job.finished`` for a job that just ended (read back for its final record); never raises: a failed
+    read is logged, the job's own bookkeeping goes on."""
+    try:
+        row = await jobs.get(job_id)
+    except Exception:
+        log.exception("media job %s: reading it for job.finished failed", job_id)
+        return
+    if row is not None and row["status"] in FINAL_STATUSES:
+        publish_job_finished(events, row)
 
 
 def publish_job_finished(events: PlatformEvents, row: dict[str, Any]) -> None:
