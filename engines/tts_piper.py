@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import Capabilities, Needs, Voice
+from engines.tts_pieces import bounded_pieces
 
 __all__ = ["PIPER_LICENCE", "PiperTTS", "UnknownVoice", "discover_piper_voices"]
 
@@ -99,6 +100,14 @@ def discover_piper_voices(voices_dir: str | Path | None = None) -> dict[str, _Vo
 
 # Piper's espeak-ng phonemizer splits sentences itself; this only drops text that has nothing to say.
 _SPEAKABLE = re.compile(r"\w")
+# The longest text one model call gets (engines/tts_pieces.py): longer sentences are cut at a clause. About 9 s
+# of speech; onnxruntime's arena for it is ~150 MB, allocated at load by a text of this length.
+MAX_PIECE_CHARS = 170
+MIN_PIECE_CHARS = 40
+_ARENA_WARMUP_TEXT = (
+    "Every sentence that this voice reads is cut into pieces no longer than this one, so that its memory "
+    "is all set aside at the start and stays the same size for every call after."
+)
 
 
 class PiperTTS:
@@ -171,15 +180,19 @@ class PiperTTS:
         # Idle worker threads would otherwise spin and steal cycles from the other engines.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # Every sentence is an input of another length, and onnxruntime caches a memory plan per input shape,
-        # for good: a long call's RSS climbed in steps (tests/test_backpressure.py). Its arena stays: it only
-        # grows to the longest sentence's tensors.
+        # for good: a long call's RSS climbed in steps (tests/test_backpressure.py). Its arena stays (without
+        # it synthesis took 35-80% longer): it grows to the longest input's tensors, and inputs are bounded
+        # (engines/tts_pieces.py), the bound run once below.
         options.enable_mem_pattern = False
         providers: list[Any] = ["CPUExecutionProvider"]
         if self.use_cuda:
             providers.insert(0, ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}))
         config = json.loads(files.config.read_text(encoding="utf-8"))
         session = onnxruntime.InferenceSession(str(files.model), sess_options=options, providers=providers)
-        return PiperVoice(session=session, config=PiperConfig.from_dict(config))
+        voice = PiperVoice(session=session, config=PiperConfig.from_dict(config))
+        for _ in voice.synthesize(_ARENA_WARMUP_TEXT):
+            pass
+        return voice
 
     def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Iterator[np.ndarray]:
         """Yield int16 mono audio at ``sample_rate``, one chunk per sentence as Piper produces it."""
@@ -197,11 +210,14 @@ class PiperTTS:
             # Piper's length scale stretches each phoneme: the voice's own scale divided by the speed.
             own = getattr(piper_voice.config, "length_scale", 1.0) or 1.0
             config = SynthesisConfig(length_scale=own / speed)
-        for chunk in piper_voice.synthesize(text, syn_config=config):
-            audio: np.ndarray = chunk.audio_int16_array
-            if rate != self.sample_rate:
-                import soxr
+        # A slower voice makes longer audio of the same text, and it is the audio's length that costs memory.
+        limit = max(MIN_PIECE_CHARS, int(MAX_PIECE_CHARS * min(1.0, speed)))
+        for piece in bounded_pieces(text, limit):
+            for chunk in piper_voice.synthesize(piece, syn_config=config):
+                audio: np.ndarray = chunk.audio_int16_array
+                if rate != self.sample_rate:
+                    import soxr
 
-                audio = soxr.resample(audio, rate, self.sample_rate)
-            if audio.size:
-                yield audio
+                    audio = soxr.resample(audio, rate, self.sample_rate)
+                if audio.size:
+                    yield audio

@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from gateway.auth import log_auth_mode, start_up_problem
+    from gateway.drain import DrainingServer
     from gateway.logs import configure_logging, uvicorn_log_config
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -55,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises the signal it caught once it has shut down; a no-op handler makes that re-raise
     # harmless, so a SIGTERM'd server that shut down cleanly exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -66,6 +67,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_ping_timeout=settings.ws_ping_timeout_s,
         timeout_graceful_shutdown=5,
     )
+    # The first SIGTERM drains (gateway/drain.py): sessions finish, then hear a goodbye, then the process exits.
+    server = DrainingServer(config, app.state.voxgate, settings.drain_timeout_s, settings.drain_goodbye)
+    server.run()
     return 0
 
 

@@ -31,6 +31,8 @@ async def live(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     state = app_state(request)
+    if state.draining:  # a load balancer stops sending new callers here (gateway/drain.py)
+        return JSONResponse({"status": "draining"}, status_code=503)
     if state.ready.is_set():
         return JSONResponse({"status": "ready"})
     if state.load_error:

@@ -44,6 +44,7 @@ class AppState:
         self.sessions = SessionManager(settings.max_sessions)
         self.auth = Auth.for_settings(settings, KeyRegistry(lambda: self.store))  # gateway/auth.py, keys/
         self.ready = asyncio.Event()
+        self.draining = False  # SIGTERM: readiness is false and new sessions are refused (gateway/drain.py)
         self.load_error: str | None = None
         self.lag = LoopLagMonitor()
         self.store: Store | None = None

@@ -118,8 +118,9 @@ class ServerProcess(VoxgateProcess):
     """``voxgate serve`` as a real process, on its own data directory and database."""
 
     def __init__(self, data_dir: Path, database_url: str) -> None:
-        # Short answers: these tests are about storage, not speech.
-        super().__init__(data_dir, {"VOXGATE_DATABASE_URL": database_url, "VOXGATE_LLM_MAX_TOKENS": "16"})
+        # Short answers, and no drain goodbye (tests/test_drain.py has it): these tests are about storage.
+        env = {"VOXGATE_DATABASE_URL": database_url, "VOXGATE_LLM_MAX_TOKENS": "16", "VOXGATE_DRAIN_GOODBYE": ""}
+        super().__init__(data_dir, env)
 
     def session(self, session_id: str) -> dict:  # type: ignore[type-arg]
         response = httpx.get(f"{self.http}/v1/sessions/{session_id}", timeout=10)

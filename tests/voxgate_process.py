@@ -31,6 +31,8 @@ class VoxgateProcess:
             "VOXGATE_DATA_DIR": str(data_dir),
             "VOXGATE_PORT": str(self.port),
             "VOXGATE_LOG_LEVEL": "warning",
+            # stop() sends SIGTERM: a session a test left open gets no 30 s drain (tests/test_drain.py sets one)
+            "VOXGATE_DRAIN_TIMEOUT_S": "0",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

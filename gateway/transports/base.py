@@ -66,7 +66,9 @@ class Place:
         self._reserved = False
 
     def reserve(self) -> None:
-        """Hold a place before the session exists; raises Refusal when the gateway is full."""
+        """Hold a place before the session exists; raises Refusal when the gateway drains or is full."""
+        if self.state.draining:
+            raise Refusal("server_draining", "the gateway is shutting down; connect again", CLOSE_TRY_AGAIN)
         if not self.state.sessions.try_reserve():
             if self.state.runtime is not None:
                 self.state.runtime.metrics.sessions_refused.inc()
