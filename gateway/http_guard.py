@@ -100,7 +100,11 @@ class Refusal:
     headers: tuple[tuple[str, str], ...] = ()
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"detail": self.detail}, status_code=self.status, headers=dict(self.headers))
+        body: dict[str, object] = {"detail": self.detail}
+        if self.code in ("unauthorized", "forbidden"):
+            # OpenAI-shaped clients (the Realtime and audio APIs' SDKs) read ``error.code`` and ``error.message``.
+            body["error"] = {"type": "invalid_request_error", "code": self.code, "message": self.detail}
+        return JSONResponse(body, status_code=self.status, headers=dict(self.headers))
 
 
 class Origin(NamedTuple):

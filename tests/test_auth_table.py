@@ -250,3 +250,25 @@ def test_route_answers_each_caller(table: Table, route: BaseRoute) -> None:
     assert status not in (401, 403, 500), f"valid key: {status}"
     if own and whole:
         assert status != 404, "a key sees its own resource"
+
+
+def test_a_route_without_a_declared_scope_needs_admin(table: Table) -> None:
+    """Fail closed: a route someone forgot to declare is refused to every key but admin's."""
+    from starlette.responses import PlainTextResponse
+
+    platform = table.platform
+
+    async def probe(_: Any) -> PlainTextResponse:
+        return PlainTextResponse("reached")
+
+    undeclared = Route("/v1/undeclared-probe", probe)
+    routes = platform.live.app.router.routes
+    routes.insert(0, undeclared)
+    try:
+        everything_but_admin = platform.new_key("all-but-admin", *(s for s in SCOPES if s != "admin"))[1]
+        assert platform.request("GET", "/v1/undeclared-probe").status_code == 401
+        assert platform.request("GET", "/v1/undeclared-probe", everything_but_admin).status_code == 403
+        reached = platform.request("GET", "/v1/undeclared-probe", ADMIN_TOKEN)
+        assert (reached.status_code, reached.text) == (200, "reached")
+    finally:
+        routes.remove(undeclared)
