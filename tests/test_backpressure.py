@@ -87,10 +87,11 @@ async def test_client_that_stops_reading(own_server: VoxgateProcess, tmp_path: P
         assert worst["chain"] <= 4
         # Memory: a leak grows with time, a one-off allocation (a new thread's malloc arena, a longer STT
         # window) is a step. The bound is on the growth over the last two thirds of the minute, and a loose
-        # one overall.
+        # one overall. Growth is of the floor (the least RSS in a third): a sample taken while an engine holds
+        # its working buffers reads 40-50 MB above the floor, and they are given back (seen: 860, 911, 860).
         rss = [s["rss"] for s in samples]
         third = len(rss) // 3
-        assert rss[-1] - rss[third] < 30, (rss_start, rss)
+        assert min(rss[-third:]) - min(rss[third : 2 * third]) < 30, (rss_start, rss)
         assert max(rss) - rss_start < 200, (rss_start, rss)
         client.resume_reading()
         await client.send_event({"type": "input_text", "text": "Say hello."})
