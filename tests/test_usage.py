@@ -110,3 +110,41 @@ async def test_a_key_reads_only_its_own_usage(keyed: LiveServer) -> None:
         assert bad.status_code == 422 and isinstance(bad.json()["detail"], str), (params, bad.text)
     page = httpx.get(f"{keyed.http}/usage")
     assert page.status_code == 200 and "/static/usage.js" in page.text
+
+
+def test_speech_endpoints_count_characters_and_seconds(keyed: LiveServer) -> None:
+    import io
+    import wave
+
+    key = _key(keyed, ["batch"])
+    auth = {"authorization": f"Bearer {key['key']}"}
+    text = "Hello there, how are you?"
+    spoken = httpx.post(
+        f"{keyed.http}/v1/audio/speech",
+        json={"model": "tts-1", "input": text, "voice": "alloy", "response_format": "pcm"},
+        headers=auth,
+        timeout=60,
+    )
+    assert spoken.status_code == 200, spoken.text
+    pcm = piper_pcm("Good morning.")
+    wav = io.BytesIO()
+    with wave.open(wav, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(pcm)
+    heard = httpx.post(
+        f"{keyed.http}/v1/audio/transcriptions",
+        files={"file": ("a.wav", wav.getvalue(), "audio/wav")},
+        data={"model": "whisper-1"},
+        headers=auth,
+        timeout=60,
+    )
+    assert heard.status_code == 200, heard.text
+    deadline = time.monotonic() + 10
+    while (totals := _usage(keyed, key["key"]).json()["totals"])["stt_s"] == 0 or not totals["tts_chars"]:
+        assert time.monotonic() < deadline, totals
+        time.sleep(0.1)
+    assert totals["tts_chars"] == len(text)
+    assert abs(totals["stt_s"] - len(pcm) / BYTES_PER_S) <= 0.05, totals
+    assert totals["sessions"] == 0

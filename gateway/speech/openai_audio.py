@@ -30,6 +30,7 @@ from gateway.speech.encode import FORMATS, OPENAI_SAMPLE_RATE, encode_stream, me
 from gateway.speech.openai_models import model_list, resolve_voice, stt_model_ok, tts_model_ok
 from gateway.speech.synth import MAX_SPEED, MIN_SPEED, speak
 from gateway.speech.vad_segments import vad
+from gateway.usage import meter
 from pipeline.runtime import Runtime
 
 log = logging.getLogger("voxgate.speech")
@@ -105,6 +106,7 @@ async def speech(request: Request) -> Response:
     except Exception as exc:
         log.exception("speech synthesis failed")
         raise HTTPException(500, f"speech synthesis failed: {type(exc).__name__}: {exc}") from None
+    meter(request, tts_chars=len(body.input))  # usage per key (gateway/usage)
 
     async def pcm() -> AsyncIterator[np.ndarray]:
         yield first
@@ -228,6 +230,7 @@ async def _transcribe(request: Request, task: Literal["transcribe", "translate"]
         audio = await upload_audio(form_data, settings.speech.max_upload_seconds, STT_RATE)
     finally:
         await form_data.close()
+    meter(request, stt_s=len(audio) / STT_RATE)  # usage per key: the audio sent to STT
     options = TranscribeOptions(
         task=task,
         prompt=parsed.prompt or None,

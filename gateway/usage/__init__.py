@@ -3,6 +3,6 @@
 
 from __future__ import annotations
 
-from gateway.usage.collector import UsageCollector, usage_of
+from gateway.usage.collector import UsageCollector, meter, usage_of
 
-__all__ = ["UsageCollector", "usage_of"]
+__all__ = ["UsageCollector", "meter", "usage_of"]

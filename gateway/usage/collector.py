@@ -68,3 +68,12 @@ def usage_of(conn: Any) -> UsageCollector | None:
     """The app's collector, for routes that meter a request (None before start-up)."""
     collector: UsageCollector | None = getattr(conn.app.state, "usage", None)
     return collector
+
+
+def meter(conn: Any, **counts: float) -> None:
+    """Count one HTTP request's use (``tts_chars=``, ``stt_s=``...) for the key that made it."""
+    from gateway.principal import principal_of
+
+    collector = usage_of(conn)
+    if collector is not None:
+        collector.request(principal_of(conn).key_id, **counts)
