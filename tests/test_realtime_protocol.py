@@ -223,3 +223,18 @@ async def test_out_of_band_response_stays_out_of_the_conversation(server) -> Non
     added = [e.item.id for e in client.of("conversation.item.added")]
     assert response.output[0].id not in added and user_item in added
     assert "rome" in words(answer.response.output[0].content[0].text)
+
+
+def test_token_counts_never_load_an_unloaded_llm(runtime) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from gateway.realtime.replies import count_tokens
+    from gateway.speech.engine_memory import UnloadedEngine
+
+    loads: list[str] = []
+    unloaded = UnloadedEngine("llm", runtime.llm, lambda: loads.append("llm") or runtime.llm)
+    text = "The capital of France is Paris."
+    loaded_count = count_tokens(SimpleNamespace(rt=SimpleNamespace(llm=runtime.llm)), text)  # type: ignore[arg-type]
+    estimate = count_tokens(SimpleNamespace(rt=SimpleNamespace(llm=unloaded)), text)  # type: ignore[arg-type]
+    assert loads == []  # counting ran on the event loop: loading there would stall every call
+    assert estimate == len(text) // 4 and 0 < loaded_count < len(text)

@@ -16,6 +16,7 @@ from gateway.realtime.config import RealtimeConfig
 from gateway.realtime.formats import encode_output
 from gateway.realtime.items import ItemLog, Wire, wire
 from gateway.realtime.session import RealtimeSession
+from gateway.speech.engine_memory import is_unloaded
 from pipeline import events as ev
 from pipeline.outbox import OutAudio
 from pipeline.response import new_id
@@ -287,7 +288,9 @@ def count_tokens(session: RealtimeSession, text: str) -> int:
     """Tokens of ``text`` by the LLM's own tokenizer when it has one, else about four characters each."""
     if not text:
         return 0
-    counter = getattr(session.rt.llm, "count_tokens", None)
+    llm = session.rt.llm
+    # An unloaded LLM would load on its first call, here on the event loop: its count is then an estimate.
+    counter = None if is_unloaded(llm) else getattr(llm, "count_tokens", None)
     if counter is not None:
         try:
             return int(counter(text))
