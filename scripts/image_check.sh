@@ -115,10 +115,17 @@ fi
 
 # 4. Build (layers kept: an unchanged pyproject.toml reuses the dependencies' layer).
 step "building $IMAGE"
-if ! nice -n 10 $SUDO buildah bud --isolation chroot --layers --format docker -f "$work/context/Dockerfile" \
-  -t "$IMAGE" "$work/context" >"$work/build.log" 2>&1; then
+previous=$($SUDO buildah images --quiet --noheading "$IMAGE" 2>/dev/null | head -n 1 || true)
+if ! nice -n 10 $SUDO buildah bud --isolation chroot --layers --force-rm --format docker \
+  -f "$work/context/Dockerfile" -t "$IMAGE" "$work/context" >"$work/build.log" 2>&1; then
   tail -n 40 "$work/build.log" >&2
   fail "buildah bud failed (the last 40 lines of its log are above)"
+fi
+current=$($SUDO buildah images --quiet --noheading "$IMAGE" | head -n 1)
+# The image this tag named before is dropped, or every code change would keep one more on the disk; the
+# layers the new one shares with it stay.
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+  $SUDO buildah rmi "$previous" >/dev/null 2>&1 || true
 fi
 step "built $IMAGE ($($SUDO buildah images --format '{{.Size}}' "$IMAGE" | head -n 1))"
 
