@@ -183,11 +183,13 @@ class PrivacyFilter(logging.Filter):
 
 
 def uvicorn_log_config() -> dict[str, Any]:
-    """uvicorn's own logging set-up (its ``LOGGING_CONFIG``) with credentials scrubbed and phone numbers and
-    keys masked on the loggers that write request paths."""
+    """uvicorn's own logging set-up (its ``LOGGING_CONFIG``) writing JSON lines like ours, with credentials
+    scrubbed, phone numbers and keys masked and the log context's ids on the loggers that write request paths."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
+    # Its access lines ("GET /path 200") become the JSON records' msg: one format for every line on stderr.
+    config["formatters"] = {"default": {"()": JsonFormatter}, "access": {"()": JsonFormatter}}
     config.setdefault("filters", {})["scrub_credentials"] = {"()": CredentialScrubber}
     config["filters"]["mask_private"] = {"()": PrivacyFilter}
     config["filters"]["log_context"] = {"()": LogContextFilter}
