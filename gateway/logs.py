@@ -188,7 +188,7 @@ def uvicorn_log_config() -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    # Its access lines ("GET /path 200") become the JSON records' msg: one format for every line on stderr.
+    # Its access lines ("GET /path 200", on stdout) become JSON records' msg: one format for every line.
     config["formatters"] = {"default": {"()": JsonFormatter}, "access": {"()": JsonFormatter}}
     config.setdefault("filters", {})["scrub_credentials"] = {"()": CredentialScrubber}
     config["filters"]["mask_private"] = {"()": PrivacyFilter}
