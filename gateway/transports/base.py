@@ -80,7 +80,8 @@ class Place:
         self._reserved = False
         self.session = session
         self.state.sessions.add(session)
-        bind_log_context(session_id=session.id)  # this task's logs, and its session's tasks'
+        # This task's log lines, and those of the tasks its session starts, carry the ids from here on.
+        bind_log_context(session_id=session.id, key_id=session.owner_key)
         self.state.engines.metrics.active_sessions.labels(self.transport).inc()
 
     def release(self) -> None:
