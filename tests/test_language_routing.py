@@ -134,3 +134,17 @@ async def test_the_router_switches_voice_and_instructions_and_back(routing_serve
     assert not await router.follow("de", "Wie ist das Wetter heute?")
     config.language_routing, config.language = True, "fr"
     assert not await router.follow("de", "Wie ist das Wetter heute?")
+
+
+async def test_a_realtime_client_hears_of_the_routed_voice(
+    routing_server: LiveServer, shared_audio: Path
+) -> None:
+    from tests.test_realtime_client import REALTIME_RATE, realtime, silence, stream
+
+    pcm = clip_pcm(str(shared_audio / "fleurs-de-000.ogg"), rate=REALTIME_RATE, level_dbfs=-26)
+    async with realtime(routing_server) as client:
+        await client.wait_for("session.created")
+        await stream(client, pcm + silence(1.8), realtime=False)
+        updated = await client.wait_for("session.updated", timeout=60)
+    # Its view of the session changed under it: the Realtime API's own event says so, in its own shape.
+    assert updated.session.audio.output.voice == "de"

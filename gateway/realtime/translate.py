@@ -9,6 +9,7 @@ added) is here, the responses are in :mod:`gateway.realtime.replies`, the items 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.realtime.config import RealtimeConfig
@@ -59,8 +60,17 @@ class Translator(ReplyEvents):
             return self._interrupted(event)
         if isinstance(event, ev.ErrorEvent):
             return self._error(event)
+        if isinstance(event, ev.SessionUpdated) and event.session.get("reason") == "language_routing":
+            return self._routed(event.session)
         # metrics, session.closed, dtmf, flow events: nothing in the Realtime API says them.
         return []
+
+    def _routed(self, change: Mapping[str, Any]) -> list[Wire]:
+        """Language routing gave the session another voice (pipeline/language.py): the client's view of the
+        session changes, so it hears of it as of any update (OpenAI sends no such event by itself)."""
+        if change.get("voice"):
+            self.config.voice = str(change["voice"])
+        return [wire("session.updated", session=self.config.to_wire())]
 
     def _note(self, note: Note) -> list[Wire]:
         data, kind = note.data, note.kind
