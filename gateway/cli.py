@@ -38,18 +38,20 @@ def _fail(message: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from gateway.app import create_app
     from gateway.auth import log_auth_mode, start_up_problem
-    from gateway.drain import DrainingServer
-    from gateway.logs import configure_logging, uvicorn_log_config
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(**overrides)
     problem = start_up_problem(settings)
-    if problem is not None:
+    if problem is not None:  # before the app's imports: the refusal is quick
         return _fail(problem)  # auth is on and nothing could ever create a key: refuse, say why
+
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.drain import DrainingServer
+    from gateway.logs import configure_logging, uvicorn_log_config
+
     configure_logging(settings.log_level)
     log_auth_mode(settings)
     app = create_app(settings)

@@ -223,9 +223,8 @@ async def test_revocation_reaches_another_replica_within_seconds(tmp_path: Path,
             if status != 401:
                 await asyncio.sleep(0.1)
         assert status == 401
-        assert (
-            time.monotonic() - revoked_at < 4.0
-        )  # the re-check interval (2 s) plus a loaded machine's slack
+        # The re-check interval (2 s) plus a loaded machine's slack.
+        assert time.monotonic() - revoked_at < 5.0
     finally:
         first.stop()
         second.stop()
@@ -246,16 +245,18 @@ def _serve(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProces
 
 
 def test_serve_refuses_auth_without_an_admin_token(tmp_path: Path) -> None:
-    for args, env in (
-        (("--host", "0.0.0.0", "--port", str(free_port())), {}),
-        (("--port", str(free_port())), {"VOXGATE_AUTH": "on"}),
-    ):
-        result = _serve(tmp_path, *args, **env)
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert "Traceback" not in result.stderr
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("voxgate: auth is on"), result.stderr[-2000:]
-        assert "VOXGATE_ADMIN_TOKEN" in lines[0]
+    result = _serve(tmp_path, "--host", "0.0.0.0", "--port", str(free_port()))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("voxgate: auth is on"), result.stderr[-2000:]
+    assert "VOXGATE_ADMIN_TOKEN" in lines[0]
+    # On loopback too, when asked for (the same check: the one subprocess above is the slow part).
+    from gateway.auth import start_up_problem
+
+    problem = start_up_problem(Settings(host="127.0.0.1", auth="on"))
+    assert problem is not None and "auth=on" in problem and "VOXGATE_ADMIN_TOKEN" in problem
+    assert start_up_problem(Settings(host="0.0.0.0", admin_token="t" * 32)) is None
 
 
 def test_the_start_up_log_says_whether_auth_is_on(caplog: pytest.LogCaptureFixture) -> None:
