@@ -49,7 +49,9 @@ async def place_call(request: Request) -> Response:
         raise HTTPException(400, unavailable)
     store = require_store(request)
     exists, flow_owner = await store.keys.owner_of("flows", body.flow)
-    if not exists or not owns(principal_of(request), flow_owner):
+    # A key calls with its own flows and admin's (shared), never another key's.
+    owner = principal_of(request).owner
+    if not exists or (owner is not None and flow_owner not in (None, owner)):
         return unprocessable(
             [{"loc": ["flow"], "msg": f"no stored flow {quote(body.flow)}", "type": "value_error"}]
         )

@@ -266,7 +266,7 @@ async def webrtc_offer(request: Request) -> Response:
     flow = None
     if body.flow:
         try:
-            flow = await load_stored_flow(state, body.flow)
+            flow = await load_stored_flow(state, body.flow, owner=principal_of(request).owner)
         except FlowNotAvailable as exc:
             return unprocessable([{"loc": ["flow"], "msg": clip(exc.message, 200), "type": exc.code}])
     place = Place(state, WebRtcCall.name)

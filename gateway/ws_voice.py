@@ -70,7 +70,7 @@ class VoiceSocket(WebSocketTransport):
         except SessionError as exc:
             raise Refusal(exc.code, exc.message, CLOSE_UNSUPPORTED) from None
         require_ready(state)
-        flow = await _load_flow(state, ws.query_params)
+        flow = await _load_flow(state, ws.query_params, principal_of(ws).owner)
         self.place.reserve()
         config = session_config(
             state.settings, input_rate=rate, output_rate=out_rate, encoding=encoding, transport=self.name
@@ -110,12 +110,12 @@ class VoiceSocket(WebSocketTransport):
         return None
 
 
-async def _load_flow(state: AppState, params: Any) -> Any:
+async def _load_flow(state: AppState, params: Any, owner: str | None) -> Any:
     try:
         flow_id, version = flow_request(params)
         if flow_id is None:
             return None
-        return await load_stored_flow(state, flow_id, version)
+        return await load_stored_flow(state, flow_id, version, owner=owner)
     except (SessionError, FlowNotAvailable) as exc:
         raise Refusal(exc.code, exc.message, CLOSE_POLICY) from None
 

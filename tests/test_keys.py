@@ -273,3 +273,21 @@ def test_the_start_up_log_says_whether_auth_is_on(caplog: pytest.LogCaptureFixtu
     log_auth_mode(legacy)
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "auth is on" in messages and "deprecated" in messages
+
+
+async def test_a_key_runs_its_own_flows_and_admins_never_another_keys(platform: Platform) -> None:
+    def flow(flow_id: str) -> dict[str, Any]:
+        nodes = [{"id": "hi", "type": "say", "text": "Hello.", "next": "bye"}, {"id": "bye", "type": "end"}]
+        return {"id": flow_id, "name": flow_id, "start": "hi", "nodes": nodes}
+
+    _, author = platform.new_key("author", "realtime", "flows")
+    _, stranger = platform.new_key("stranger-flows", "realtime", "flows")
+    assert platform.request("POST", "/v1/flows", author, json=flow("authors-flow")).status_code == 201
+    assert platform.request("POST", "/v1/flows", ADMIN_TOKEN, json=flow("shared-flow")).status_code == 201
+    listed = {f["id"] for f in platform.request("GET", "/v1/flows", stranger).json()["flows"]}
+    assert "authors-flow" not in listed
+    event, code = await first_event(f"{platform.ws}/v1/voice?flow=authors-flow", stranger)
+    assert (event["type"], event["code"]) == ("error", "unknown_flow"), event
+    for key, flow_id in ((author, "authors-flow"), (stranger, "shared-flow")):
+        event, _ = await first_event(f"{platform.ws}/v1/voice?flow={flow_id}", key)
+        assert event["type"] == "session.created" and event.get("flow_id", flow_id) == flow_id, event

@@ -193,8 +193,11 @@ def parse_flow_version(version: str | None) -> int | None:
     return int(version)
 
 
-async def load_stored_flow(state: AppState, flow_id: str, version: str | None = None) -> Flow:
-    """The stored flow (latest or a given version), validated against this server's secrets now.
+async def load_stored_flow(
+    state: AppState, flow_id: str, version: str | None = None, *, owner: str | None = None
+) -> Flow:
+    """The stored flow (latest or a given version), validated against this server's secrets now. With
+    ``owner`` (an API key's id), another key's flow is unknown: a key runs its own flows and admin's.
 
     Raises only :class:`FlowNotAvailable`, with a stable code the transports send as an ``error`` event.
     Validation runs on the flow check threads, so starting a call never holds the event loop.
@@ -203,7 +206,11 @@ async def load_stored_flow(state: AppState, flow_id: str, version: str | None = 
     if not _FLOW_ID.fullmatch(flow_id):  # ids are slugs: anything else cannot be stored
         raise FlowNotAvailable("unknown_flow", f"no flow {flow_id[:100]!r}")
     try:
+        if owner is not None and await _owned_by_another(state, flow_id, owner):
+            raise FlowNotAvailable("unknown_flow", f"no flow {flow_id!r}")
         document = await state.store.get_flow(flow_id, number)
+    except FlowNotAvailable:
+        raise
     except Exception as exc:  # the store is down or refused the query: the caller gets an error event
         log.exception("loading flow %r version %s failed", flow_id, number)
         raise FlowNotAvailable("flow_unavailable", "the flow could not be loaded; try again later") from exc
@@ -234,3 +241,8 @@ def attach_flow(session: Session, state: AppState, flow: Flow, call: CallControl
     session.agent = agent
     session.flow_id, session.flow_version = flow.id, flow.version
     return agent
+
+
+async def _owned_by_another(state: AppState, flow_id: str, owner: str) -> bool:
+    exists, flow_owner = await state.store.keys.owner_of("flows", flow_id)
+    return exists and flow_owner is not None and flow_owner != owner

@@ -195,7 +195,9 @@ async def create_call(request: Request) -> Response:
     except Refusal as exc:
         return _error(503, exc.code, exc.message)
     try:
-        flow = await flow_for(state, request.query_params.get("model", "voxgate")[:128])
+        flow = await flow_for(
+            state, request.query_params.get("model", "voxgate")[:128], principal_of(request).owner
+        )
     except Refusal as exc:  # the model names a stored flow that cannot run
         return _error(400, exc.code, exc.message, "model")
     place = Place(state, RealtimeCall.name)

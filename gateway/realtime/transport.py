@@ -89,7 +89,7 @@ class RealtimeSocket(WebSocketTransport):
                 "invalid_value", f"model names are at most {MAX_MODEL_CHARS} characters", CLOSE_POLICY
             )
         require_ready(state)
-        flow = await flow_for(state, model)
+        flow = await flow_for(state, model, principal_of(ws).owner)
         self.place.reserve()
         settings = state.settings
         # The session hears 16 kHz PCM16 whatever the client sends (decoded here) and speaks the client's
@@ -166,12 +166,13 @@ class RealtimeSocket(WebSocketTransport):
         return None
 
 
-async def flow_for(state: AppState, model: str) -> Any:
-    """The stored flow the model name names, if one does: it then runs the conversation (docs/flows.md)."""
+async def flow_for(state: AppState, model: str, owner: str | None = None) -> Any:
+    """The stored flow the model name names, if one does (and ``owner``, an API key, may run it): it then runs
+    the conversation (docs/flows.md)."""
     if state.store is None or not re.match(SLUG, model):
         return None
     try:
-        return await load_stored_flow(state, model)
+        return await load_stored_flow(state, model, owner=owner)
     except FlowNotAvailable as exc:
         if exc.code == "unknown_flow":
             return None  # any other model name is accepted as is

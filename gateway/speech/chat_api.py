@@ -148,7 +148,8 @@ async def open_conversation(
     loaded = None
     if flow is not None:
         try:
-            loaded = await load_stored_flow(state, flow, str(flow_version) if flow_version else None)
+            version = str(flow_version) if flow_version else None
+            loaded = await load_stored_flow(state, flow, version, owner=principal_of(request).owner)
         except FlowNotAvailable as exc:
             raise HTTPException(_FLOW_STATUS.get(exc.code, 400), exc.message) from None
     client = request.client
