@@ -413,6 +413,85 @@ def test_private_targets_are_refused_without_the_setting(tmp_path: Path, receive
     assert receiver.at("/private") == []
 
 
+def test_a_key_registers_sees_and_receives_only_its_own(tmp_path: Path, receiver: Receiver) -> None:
+    """Auth on: a key's webhooks get only its events (a per-flow one only that flow's), it lists, deletes and
+    reads the deliveries of its own webhooks only; the admin's get every key's events."""
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    admin = "adm-" + "w" * 40
+    settings = Settings(
+        data_dir=tmp_path, auth="on", admin_token=admin, load_example_flows=False, webhook_allow_private=True
+    )
+    live = LiveServer(create_app(settings, runtime=fake_runtime()), free_port(), settings)
+    live.start()
+    try:
+        with httpx.Client(base_url=live.http, timeout=10) as http:
+
+            def call(method: str, path: str, key: str, **kw: Any) -> httpx.Response:
+                return http.request(method, path, headers={"authorization": f"Bearer {key}"}, **kw)
+
+            keys = {}
+            for name, scopes in (("a", ["realtime", "flows"]), ("b", ["realtime"])):
+                made = call("POST", "/v1/keys", admin, json={"name": name, "scopes": scopes, "limits": {}})
+                keys[name] = (made.json()["id"], made.json()["key"])
+            (a_id, a), (b_id, b) = keys["a"], keys["b"]
+            flow = {
+                "id": "a-flow",
+                "name": "a-flow",
+                "start": "hello",
+                "nodes": [
+                    {"id": "hello", "type": "say", "text": "Hello.", "next": "bye"},
+                    {"id": "bye", "type": "end"},
+                ],
+            }
+            assert call("POST", "/v1/flows", a, json=flow).status_code == 201
+
+            def hook(key: str, path: str, **extra: Any) -> dict[str, Any]:
+                body = {"url": f"{receiver.url}{path}", "events": ["session.ended"], **extra}
+                made = call("POST", "/v1/webhooks", key, json=body)
+                assert made.status_code == 201, made.text
+                return made.json()  # type: ignore[no-any-return]
+
+            hook_a, hook_b = hook(a, "/own-a"), hook(b, "/own-b")
+            hook_flow, hook_admin = hook(a, "/own-a-flow", flow_id="a-flow"), hook(admin, "/own-admin")
+            assert (hook_a["owner_key"], hook_b["owner_key"], hook_admin["owner_key"]) == (a_id, b_id, None)
+            other = {"url": f"{receiver.url}/own-b", "events": ["session.ended"], "flow_id": "a-flow"}
+            refused = call("POST", "/v1/webhooks", b, json=other)
+            assert refused.status_code == 422, refused.text  # another key's flow
+            assert call("GET", "/v1/webhooks", "vg_wrong").status_code == 401
+
+            def listed(key: str) -> set[str]:
+                return {h["id"] for h in call("GET", "/v1/webhooks", key).json()["webhooks"]}
+
+            assert listed(a) == {hook_a["id"], hook_flow["id"]} and listed(b) == {hook_b["id"]}
+            assert listed(admin) == {hook_a["id"], hook_b["id"], hook_flow["id"], hook_admin["id"]}
+            assert call("DELETE", f"/v1/webhooks/{hook_a['id']}", b).status_code == 404
+
+            for n, (key_id, flow_id) in enumerate(((a_id, None), (b_id, None), (a_id, "a-flow"))):
+                event = PlatformEvent(
+                    "session.ended", {"n": n}, key_id=key_id, flow_id=flow_id, id=f"evt_own_{n}"
+                )
+                publish(live, event)
+            receiver.wait_for("/own-admin", lambda hits: len(hits) == 3)
+
+            def got(path: str, count: int) -> list[int]:
+                return sorted(h.json["data"]["n"] for h in receiver.wait_for(path, lambda h: len(h) >= count))
+
+            assert (got("/own-a", 2), got("/own-b", 1), got("/own-a-flow", 1)) == ([0, 2], [1], [2])
+
+            def seen(key: str, **query: Any) -> list[dict[str, Any]]:
+                answer = call("GET", "/v1/webhooks/deliveries", key, params=query)
+                return answer.json()["deliveries"]  # type: ignore[no-any-return]
+
+            assert len(seen(admin)) == 7  # every delivery is stored when its event is: none is missing
+            assert {d["webhook_id"] for d in seen(a)} == {hook_a["id"], hook_flow["id"]} and len(seen(a)) == 3
+            assert [d["webhook_id"] for d in seen(b)] == [hook_b["id"]]
+            assert seen(b, webhook_id=hook_a["id"]) == []
+    finally:
+        live.stop()
+
+
 def test_bad_requests_get_a_clear_4xx(api: httpx.Client, receiver: Receiver) -> None:
     url = f"{receiver.url}/bad"
     for body in (

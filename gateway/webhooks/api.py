@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api_common import app_state, parse_body, parse_query_int, require_store, unprocessable
 from gateway.auth import ANY_KEY, scoped
+from gateway.keys.ownership import owns
 from gateway.platform_events import EVENT_TYPES
 from gateway.principal import principal_of
 from gateway.webhooks.service import dispatcher_of
@@ -83,9 +84,12 @@ async def create_webhook(request: Request) -> Response:
     problem = await target_problem(body.url, state.settings.webhook_allow_private)
     if problem is not None:
         return unprocessable([{"loc": ["url"], "msg": problem, "type": "url_refused"}])
-    if body.flow_id is not None and await require_store(request).get_flow(body.flow_id) is None:
-        return unprocessable([{"loc": ["flow_id"], "msg": "no such flow", "type": "flow_not_found"}])
-    owner = principal_of(request).owner
+    principal = principal_of(request)
+    if body.flow_id is not None:  # another key's flow is "no such flow" too: its id is not for this key
+        exists, flow_owner = await require_store(request).keys.owner_of("flows", body.flow_id)
+        if not exists or not owns(principal, flow_owner):
+            return unprocessable([{"loc": ["flow_id"], "msg": "no such flow", "type": "flow_not_found"}])
+    owner = principal.owner
     dispatcher = dispatcher_of(request)
     hooks = dispatcher.store
     if len(await hooks.list(owner)) >= MAX_WEBHOOKS_PER_OWNER:
