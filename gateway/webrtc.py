@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import limits
 from gateway.agent.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.api_common import app_state, parse_body, unprocessable
 from gateway.auth import principal_of, scoped
@@ -290,6 +291,10 @@ async def webrtc_offer(request: Request) -> Response:
     if problem is not None:
         await _abandon(call)
         return JSONResponse({"detail": f"cannot answer this offer: {problem}"}, status_code=400)
+    over = await limits.session_over(request, call.session)  # the key's concurrent sessions, audio minutes
+    if over is not None:
+        await _abandon(call)
+        return limits.too_many(over)
     return await _admit(state, call)
 
 

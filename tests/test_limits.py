@@ -189,6 +189,23 @@ async def _refused(server: LiveServer, key: str) -> tuple[dict[str, Any], int | 
         await ws.close()
 
 
+async def _webrtc_offer(server: LiveServer, key: str) -> httpx.Response:
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.createDataChannel("events")
+        pc.addTransceiver("audio", direction="sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        body = {"sdp": pc.localDescription.sdp, "type": "offer"}
+        async with httpx.AsyncClient(timeout=30) as http:
+            return await http.post(
+                f"{server.http}/v1/webrtc/offer", json=body, headers={"authorization": f"Bearer {key}"}
+            )
+    finally:
+        await pc.close()
+
+
 async def test_requests_per_minute_are_shared_by_two_instances(pair: Pair) -> None:
     _clear_of_minute_edge()
     key = pair.key(["realtime"], requests_per_minute=4)
@@ -215,6 +232,9 @@ async def test_concurrent_sessions_are_shared_by_two_instances(pair: Pair) -> No
         event, code = await _refused(pair.b, key)
         assert event["type"] == "error" and event["code"] == "limit_exceeded", event
         assert "1 session at once" in event["message"] and code == 1008
+        offer = await _webrtc_offer(pair.b, key)  # a WebRTC call is a session too
+        assert offer.status_code == 429 and "1 session at once" in offer.json()["detail"], offer.text
+        assert int(offer.headers["retry-after"]) >= 1
     finally:
         await ws.close()
     # The place is given back when the session ends (on the instance that held it): poll, do not sleep.

@@ -18,6 +18,7 @@ __all__ = [
     "check_job",
     "current_principal",
     "limiter_of",
+    "session_over",
     "too_many",
 ]
 
@@ -28,16 +29,21 @@ def limiter_of(conn: Any) -> Limiter | None:
     return limiter
 
 
+async def session_over(conn: Any, session: Any) -> Over | None:
+    """Admit ``session`` under its key's concurrent sessions and audio minutes (see
+    :meth:`Limiter.admit_session`); the limit it is over, if any."""
+    from gateway.principal import principal_of
+
+    limiter = limiter_of(conn)
+    return None if limiter is None else await limiter.admit_session(principal_of(conn), session)
+
+
 async def admit_session(conn: Any, session: Any) -> None:
     """A WebSocket transport's session, checked against its key's concurrent sessions and audio minutes;
     raises the transport's ``Refusal`` (the limit's code, close 1008) when over."""
-    from gateway.principal import principal_of
     from gateway.transports.base import CLOSE_POLICY, Refusal
 
-    limiter = limiter_of(conn)
-    if limiter is None:
-        return
-    over = await limiter.admit_session(principal_of(conn), session)
+    over = await session_over(conn, session)
     if over is not None:
         raise Refusal(over.code, over.detail, CLOSE_POLICY)
 

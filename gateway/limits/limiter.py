@@ -107,7 +107,8 @@ class Limiter:
         stored = 0.0
         if limits.audio_minutes_per_day is not None:
             stored = await self._audio_used(key)
-            if stored >= limits.audio_minutes_per_day * 60:
+            live = sum(s.usage.audio_s for s in self._live.get(key, ()))
+            if stored + live >= limits.audio_minutes_per_day * 60:
                 detail = f"this key has used its {limits.audio_minutes_per_day:g} audio minutes for today"
                 return Over(LIMIT_EXCEEDED, detail, seconds_to_midnight_utc())
         held = False
@@ -160,7 +161,7 @@ class Limiter:
                     log.warning("limits: giving back a session place failed: %s", exc)
 
     async def _audio_used(self, key: str) -> float:
-        """Audio seconds the key's ended sessions stored today, plus what its live ones here used so far."""
+        """Audio seconds the key's ended sessions stored today (its live ones are counted by the caller)."""
         stored = 0.0
         if self.engine is not None:
             try:
