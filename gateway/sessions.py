@@ -17,6 +17,7 @@ class EndedSession:
     snapshot: dict[str, Any]
     recording_dir: str | None
     ended_at: float  # monotonic
+    owner_key: str | None = None  # the API key that opened it: only that key (or admin) may read it
 
 
 class SessionManager:
@@ -60,7 +61,7 @@ class SessionManager:
         session.outbox.discard()
         directory = session.recording.directory if session.recording is not None else None
         self.recent[session.id] = EndedSession(
-            session.snapshot(), str(directory) if directory else None, time.monotonic()
+            session.snapshot(), str(directory) if directory else None, time.monotonic(), session.owner_key
         )
         self._prune()
 

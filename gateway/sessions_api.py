@@ -96,7 +96,7 @@ async def delete_session(request: Request) -> Response:
 async def _owned_in_memory(request: Request, session_id: str) -> Session | EndedSession | None:
     """The session as memory knows it; 404 when it is another key's (live, or stored)."""
     session = app_state(request).sessions.get(session_id)
-    if isinstance(session, Session) and not owns(principal_of(request), session.owner_key):
+    if session is not None and not owns(principal_of(request), session.owner_key):
         raise HTTPException(404, "no such session")
     await require_owned(request, "sessions", session_id, "no such session")
     return session

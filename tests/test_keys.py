@@ -199,6 +199,9 @@ async def test_a_session_token_opens_one_websocket_as_the_key_that_asked(platfor
         assert platform.request("GET", f"/v1/sessions/{session_id}", secret).status_code == 200
         assert platform.request("GET", f"/v1/sessions/{session_id}", stranger).status_code == 404
         assert platform.request("GET", f"/v1/sessions/{session_id}", ADMIN_TOKEN).status_code == 200
+    # Just ended (memory may still answer for it, or storage already does): still not the stranger's.
+    assert platform.request("GET", f"/v1/sessions/{session_id}", stranger).status_code == 404
+    assert platform.request("GET", f"/v1/sessions/{session_id}", secret).status_code == 200
     event, code = await first_event(f"{platform.ws}/v1/voice?token={token}")  # spent
     assert (event["code"], code) == ("unauthorized", 1008)
     event, code = await first_event(f"{platform.ws}/v1/voice")
