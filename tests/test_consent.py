@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import base64
 
+import httpx
 import numpy as np
 import pytest
 
 from pipeline.audio import mulaw_decode, pcm16_to_float, resample
 from tests.speech import piper_pcm, wer
-from tests.test_observability import json_lines, json_logs  # noqa: F401 (json_logs: a fixture)
+from tests.test_observability import _samples, _value, json_lines, json_logs  # noqa: F401 (json_logs: a fixture)
 from tests.test_telephony_gateway import TOKEN, _mulaw_8k, twilio  # noqa: F401 (twilio: a fixture)
 from tests.twilio_sim import TwilioSim
 
@@ -45,12 +46,15 @@ async def test_consent_is_heard_whole_before_the_flow_starts(server, twilio, run
         await sim.stream(talk)  # the caller talks over it: no barge-in may cut it
         await sim.send_raw({"event": f"{CALLER} vg_abcdef123456", "streamSid": sim.stream_sid})
         consent = session.turns[0]
+        async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+            scraped = (await http.get("/metrics")).text
         await sim.wait_for(
             lambda: len(session.turns) > 1 and _mark_indexes(sim, session.turns[1].response_id or "-"),
             timeout=30,
         )
         menu = session.turns[1]
 
+    assert _value(_samples(scraped), "voxgate_active_calls", provider="twilio") >= 1
     assert not sim.clears and not consent.interrupted
     assert consent.heard_text == CONSENT and consent.response_text == CONSENT
     assert all(t.source != "voice" for t in session.turns)  # the caller was not listened to meanwhile
