@@ -29,7 +29,11 @@ def keyed(runtime: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
     from gateway.settings import Settings
 
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("usage"), admin_token=ADMIN, auth="on", load_example_flows=False
+        data_dir=tmp_path_factory.mktemp("usage"),
+        admin_token=ADMIN,
+        auth="on",
+        load_example_flows=False,
+        answer_max_sentences=1,  # a short answer: less agent audio to wait for
     )
     live = LiveServer(create_app(settings, runtime=runtime), free_port(), settings)
     live.start()
