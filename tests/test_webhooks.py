@@ -366,7 +366,7 @@ def test_private_targets_are_refused_without_the_setting(tmp_path: Path, receive
     from gateway.app import create_app
     from gateway.settings import Settings
 
-    settings = Settings(data_dir=tmp_path, webhook_retry_base_s=RETRY_BASE_S)
+    settings = Settings(data_dir=tmp_path, flow_http_allowlist=["127.0.0.2:9"])
     assert settings.webhook_allow_private is False
     with TestClient(create_app(settings, runtime=fake_runtime()), base_url="http://127.0.0.1") as client:
         for url in (
@@ -389,6 +389,12 @@ def test_private_targets_are_refused_without_the_setting(tmp_path: Path, receive
         )
         assert public.status_code == 201, public.text
         assert client.delete(f"/v1/webhooks/{public.json()['id']}").status_code == 204
+        # A host the operator allowed the flow http tool to call may be private.
+        trusted = client.post(
+            "/v1/webhooks", json={"url": "http://127.0.0.2:9/hook", "events": ["job.finished"]}
+        )
+        assert trusted.status_code == 201, trusted.text
+        assert client.delete(f"/v1/webhooks/{trusted.json()['id']}").status_code == 204
 
         # A hook stored while its address was allowed (or whose DNS changed since) is refused at delivery.
         app_state = client.app.state.voxgate  # type: ignore[attr-defined]

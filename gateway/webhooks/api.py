@@ -80,8 +80,8 @@ async def create_webhook(request: Request) -> Response:
     body = await parse_body(request, WebhookIn)
     if isinstance(body, JSONResponse):
         return body
-    state = app_state(request)
-    problem = await target_problem(body.url, state.settings.webhook_allow_private)
+    settings = app_state(request).settings
+    problem = await target_problem(body.url, settings.webhook_allow_private, settings.flow_http_allowlist)
     if problem is not None:
         return unprocessable([{"loc": ["url"], "msg": problem, "type": "url_refused"}])
     principal = principal_of(request)

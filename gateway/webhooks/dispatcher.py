@@ -47,6 +47,7 @@ class DeliveryPolicy:
     retry_max_s: float = 300.0
     timeout_s: float = 10.0
     allow_private: bool = False
+    allowed_hosts: tuple[str, ...] = ()  # the flow http tool's allowlist: these hosts may be private
     concurrency: int = 8  # deliveries in flight at once, per app
     poll_s: float = 1.0  # how often due deliveries are looked for when nothing woke the sender
 
@@ -58,6 +59,7 @@ class DeliveryPolicy:
             retry_max_s=settings.webhook_retry_max_s,
             timeout_s=settings.webhook_timeout_s,
             allow_private=settings.webhook_allow_private,
+            allowed_hosts=tuple(settings.flow_http_allowlist),
         )
 
     def retry_delay(self, attempts: int) -> float:
@@ -285,7 +287,7 @@ class WebhookDispatcher:
         if delivery.get("disabled_at") is not None:
             return None, "the webhook was disabled", False
         url = str(delivery["url"])
-        problem = await target_problem(url, self.policy.allow_private)
+        problem = await target_problem(url, self.policy.allow_private, self.policy.allowed_hosts)
         if problem is not None:
             return None, f"target refused: {problem}", False
         body = json.dumps(delivery["payload"], separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,10 +1,11 @@
 """Which URLs may receive webhooks: the server-side request forgery rules.
 
 A webhook URL is user content that makes this server send requests, so like the flow http tool
-(flows/http_tool.py: its URL rules, no redirects followed, bounded time) it must not become a way into the
-network the server sits in. The tool trusts an operator's host allowlist; webhook URLs come from API keys, so
-here the address itself decides: only http(s), no credentials in the URL, and every address the host resolves
-to must be public (not loopback, private, link-local, shared, reserved or multicast) unless
+(flows/http_tool.py: http(s) only, no redirects followed, bounded time) it must not become a way into the
+network the server sits in. The tool calls only the hosts on the operator's allowlist (``flow_http_allowlist``,
+checked by its ``host_allowed``); those hosts may receive webhooks too. Any other URL comes from an API key
+with no such vouching, so the address decides: no credentials in the URL, and every address the host
+resolves to must be public (not loopback, private, link-local, shared, reserved or multicast) unless
 ``webhook_allow_private`` is set (tests, on-prem receivers). Checked at registration and again before each
 attempt (DNS may change between the two).
 """
@@ -14,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Iterable
 from urllib.parse import urlsplit
+
+from flows.http_tool import host_allowed
 
 RESOLVE_TIMEOUT_S = 5.0
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -43,10 +47,11 @@ def public(address: IpAddress) -> bool:
     return address.is_global and not address.is_multicast
 
 
-async def target_problem(url: str, allow_private: bool) -> str | None:
-    """Why webhooks may not be sent to ``url``, or None when they may."""
+async def target_problem(url: str, allow_private: bool, allowed_hosts: Iterable[str] = ()) -> str | None:
+    """Why webhooks may not be sent to ``url``, or None when they may (``allowed_hosts``: the flow http
+    tool's allowlist, whose hosts may be private)."""
     problem = url_problem(url)
-    if problem is not None or allow_private:
+    if problem is not None or allow_private or host_allowed(url, allowed_hosts):
         return problem
     parts = urlsplit(url)
     host = (parts.hostname or "").strip("[]")
