@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.engine import dialect_insert
@@ -198,14 +198,3 @@ class WebhookStore:
         stmt = stmt.order_by(webhook_deliveries.c.created_at.desc(), webhook_deliveries.c.id.desc())
         async with self.engine.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(stmt.limit(limit))]
-
-    async def unsent(self, now: float) -> int:
-        """How many deliveries are due now or being sent (a shutdown waits for these a bounded time)."""
-        stmt = select(webhook_deliveries.c.id).where(
-            or_(
-                webhook_deliveries.c.status == SENDING,
-                and_(webhook_deliveries.c.status == PENDING, webhook_deliveries.c.next_attempt_at <= now),
-            )
-        )
-        async with self.engine.connect() as conn:
-            return len((await conn.execute(stmt)).all())
