@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import weakref
 from typing import Any
 
 from gateway.platform_events import PlatformEvent, PlatformEvents
@@ -25,7 +26,10 @@ log = logging.getLogger("voxgate.webhooks")
 # How long a published session end waits for a close another task is still running (a transport letting go
 # of a session that its idle watchdog or the shutdown is closing): the event then has the final turns.
 CLOSE_WAIT_S = 10.0
-_pending: set[asyncio.Task[None]] = set()
+# Session ends being published, per event loop (tests run several apps, each on its own loop and thread).
+_pending: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[asyncio.Task[None]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def event_id(event_type: str, subject_id: str) -> str:
@@ -39,16 +43,20 @@ def event_id(event_type: str, subject_id: str) -> str:
 def publish_session_end(events: PlatformEvents, session: Session) -> None:
     """``session.ended``, then ``transcript.ready`` (turns) and ``recording.ready`` (audio tracks), once the
     session's close has finished; called once per session, where its transport lets go of it."""
-    task = asyncio.get_running_loop().create_task(_after_close(events, session), name=f"{session.id}-events")
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(_after_close(events, session), name=f"{session.id}-events")
+    pending = _pending.setdefault(loop, set())
+    pending.add(task)
+    task.add_done_callback(pending.discard)
 
 
 async def flush_pending(timeout_s: float) -> None:
-    """Wait (bounded) for session ends still being published: a shutdown does this before webhooks flush."""
-    if _pending:
+    """Wait (bounded) for session ends still being published on this loop: a shutdown does this before
+    webhooks flush."""
+    pending = _pending.get(asyncio.get_running_loop())
+    if pending:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*list(_pending), return_exceptions=True), timeout_s)
+            await asyncio.wait_for(asyncio.gather(*list(pending), return_exceptions=True), timeout_s)
 
 
 async def _after_close(events: PlatformEvents, session: Session) -> None:
