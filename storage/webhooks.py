@@ -198,3 +198,12 @@ class WebhookStore:
         stmt = stmt.order_by(webhook_deliveries.c.created_at.desc(), webhook_deliveries.c.id.desc())
         async with self.engine.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(stmt.limit(limit))]
+
+    async def delete_settled_before(self, cutoff: float) -> int:
+        """Retention: delete the delivered and failed deliveries created before ``cutoff`` (epoch s): their
+        payloads hold transcripts, which must not outlive the sessions they came from."""
+        stmt = delete(webhook_deliveries).where(
+            webhook_deliveries.c.status.in_((DELIVERED, FAILED)), webhook_deliveries.c.created_at < cutoff
+        )
+        async with self.engine.begin() as conn:
+            return (await conn.execute(stmt)).rowcount or 0

@@ -351,6 +351,11 @@ async def test_two_dispatchers_racing_on_one_database_deliver_each_event_once(
         assert sum([await restarted.record(e) for e in events]) == 0
         assert await restarted.send_due() == 0
         assert len(receiver.at(path)) == 12
+        # Retention deletes settled deliveries only: one not sent yet stays.
+        assert await a.record(PlatformEvent("job.finished", {"n": 99}, id="evt_race_late")) == 1
+        assert await a.store.delete_settled_before(time.time() + 1) == 12
+        left = await a.store.deliveries(None, webhook_id="wh_race")
+        assert [(r["event_id"], r["status"]) for r in left] == [("evt_race_late", "pending")]
     finally:
         await client.aclose()
         for store in stores:

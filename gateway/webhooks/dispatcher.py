@@ -48,6 +48,8 @@ class DeliveryPolicy:
     timeout_s: float = 10.0
     allow_private: bool = False
     allowed_hosts: tuple[str, ...] = ()  # the flow http tool's allowlist: these hosts may be private
+    retention_days: float | None = None  # settled deliveries older than this are deleted (None: kept)
+    retention_interval_s: float = 3600.0
     concurrency: int = 8  # deliveries in flight at once, per app
     poll_s: float = 1.0  # how often due deliveries are looked for when nothing woke the sender
 
@@ -60,6 +62,8 @@ class DeliveryPolicy:
             timeout_s=settings.webhook_timeout_s,
             allow_private=settings.webhook_allow_private,
             allowed_hosts=tuple(settings.flow_http_allowlist),
+            retention_days=settings.retention_days,
+            retention_interval_s=settings.retention_interval_s,
         )
 
     def retry_delay(self, attempts: int) -> float:
@@ -136,6 +140,8 @@ class WebhookDispatcher:
         self._loops = [asyncio.create_task(self._record_loop(), name="webhooks-record")]
         if send:
             self._loops.append(asyncio.create_task(self._send_loop(), name="webhooks-send"))
+            if self.policy.retention_days:
+                self._loops.append(asyncio.create_task(self._retention_loop(), name="webhooks-retention"))
 
     async def stop(self, flush_s: float) -> None:
         """Store the events still queued, send what is due and wait for deliveries in flight, all within
@@ -314,6 +320,19 @@ class WebhookDispatcher:
         if 300 <= code < 400:
             return code, f"HTTP {code} (redirects are not followed)", False
         return code, f"HTTP {code}", False
+
+    async def _retention_loop(self) -> None:
+        """Deliveries follow the sessions' retention (``retention_days``), on the same interval."""
+        assert self.policy.retention_days
+        while True:
+            cutoff = time.time() - self.policy.retention_days * 86400
+            try:
+                removed = await self.store.delete_settled_before(cutoff)
+                if removed:
+                    log.info("retention: deleted %d webhook deliveries", removed)
+            except Exception:
+                log.exception("webhook retention sweep failed")
+            await asyncio.sleep(self.policy.retention_interval_s)
 
     # -- metrics ------------------------------------------------------------------------------------------------
 
