@@ -36,6 +36,7 @@ from gateway.settings import Settings
 from gateway.speech import engine_memory, outputs
 from gateway.speech.synth import MAX_SPEED, MIN_SPEED, speak
 from gateway.state import AppState, app_state
+from gateway.usage import meter
 from pipeline.runtime import Runtime
 
 MAX_TEXT_CHARS = 5000
@@ -225,6 +226,7 @@ async def text_to_speech(request: Request) -> Response:
     rt = await _runtime(request)
     choice = resolve_voice(rt, state.settings, request.path_params["voice_id"])
     audio = await synthesize(rt, body.text, choice.voice.id, body.parameters.speed)
+    meter(request, tts_chars=len(body.text))  # usage per key (gateway/usage)
     notes = [f"{choice.note[:1].upper()}{choice.note[1:]}."] if choice.fallback else []
     return await _answer(
         state, rt, body, audio, notes, voice_id=choice.voice.id, voice_fallback=choice.fallback
@@ -263,6 +265,7 @@ async def text_to_dialogue(request: Request) -> Response:
             }
         )
     fallback = any(s["voice_fallback"] for s in segments)
+    meter(request, tts_chars=sum(len(line.text) for line in body.inputs))  # usage per key
     return await _answer(
         state, rt, body, np.concatenate(pieces), notes, segments=segments, voice_fallback=fallback
     )

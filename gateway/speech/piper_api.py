@@ -31,6 +31,7 @@ from gateway.api_common import BadJson, app_state, read_json
 from gateway.auth import scoped
 from gateway.speech import encode
 from gateway.speech.synth import find_voice, speak
+from gateway.usage import meter
 from pipeline.runtime import Runtime
 from pipeline.text import ClauseSplitter
 
@@ -205,7 +206,9 @@ async def tts_stream(request: Request) -> Response:
         fmt = parse_format(params.get("format") or params.get("response_format"))
         runtime = require_runtime(request)
         voice = pick_voice(runtime, params.get("voice"), params.get("language"))
-        return await stream_speech(runtime, text, voice, speed, fmt)
+        response = await stream_speech(runtime, text, voice, speed, fmt)
+        meter(request, tts_chars=len(text))  # usage per key (gateway/usage)
+        return response
     except PiperError as exc:
         return error_response(exc)
 
@@ -219,7 +222,9 @@ async def stream_language(request: Request) -> Response:
         fmt = parse_format(params.get("format") or params.get("response_format"))
         runtime = require_runtime(request)
         voice = voice_for_language(runtime, request.path_params["lang"])
-        return await stream_speech(runtime, text, voice, speed, fmt)
+        response = await stream_speech(runtime, text, voice, speed, fmt)
+        meter(request, tts_chars=len(text))  # usage per key (gateway/usage)
+        return response
     except PiperError as exc:
         return error_response(exc)
 
@@ -319,6 +324,7 @@ async def tts(request: Request) -> Response:
             raise PiperError("the text has nothing to speak (no letters or digits)")
     except PiperError as exc:
         return error_response(exc)
+    meter(request, tts_chars=len(body.text))  # usage per key (gateway/usage)
     return JSONResponse(await utterance_json(utterance, fmt, voice))
 
 
