@@ -14,7 +14,10 @@ from storage.engine import open_engine
 from storage.store import BadCursor, SessionQuery, Store
 from storage.tables import metadata
 
-TABLES = {"sessions", "turns", "calls", "recordings", "flows", "flow_versions", "jobs"}
+TABLES = {
+    "sessions", "turns", "calls", "recordings", "flows", "flow_versions", "jobs",
+    "api_keys", "webhooks", "webhook_deliveries", "usage",
+}  # fmt: skip
 
 
 def session_row(session_id: str, created_at: float, **fields):  # type: ignore[no-untyped-def]
