@@ -154,8 +154,11 @@ def test_invalid_key_requests_are_422(platform: Platform, body: dict[str, Any]) 
 
 
 async def test_revoking_with_end_sessions_closes_the_keys_live_sessions(platform: Platform) -> None:
-    key_id, secret = platform.new_key("caller", "realtime")
+    key_id, secret = platform.new_key("caller", "realtime", "batch")
     other_id, other = platform.new_key("bystander", "realtime")
+    chat = platform.request("POST", "/v1/chat", secret, json={"message": "hello"})
+    assert chat.status_code == 200, chat.text
+    conversation = chat.json()["conversation_id"]
     headers = {"authorization": f"Bearer {secret}"}
     async with (
         websockets.connect(f"{platform.ws}/v1/voice", additional_headers=headers) as ws,
@@ -169,7 +172,7 @@ async def test_revoking_with_end_sessions_closes_the_keys_live_sessions(platform
         session = platform.state.sessions.live[created["session_id"]]
         assert session.owner_key == key_id
         revoked = platform.revoke(key_id, end_sessions=True)
-        assert revoked.status_code == 200 and revoked.json()["sessions_ended"] == 1
+        assert revoked.status_code == 200 and revoked.json()["sessions_ended"] == 2  # the socket and the chat
         reasons = []
         with pytest.raises(websockets.ConnectionClosed):
             while True:
@@ -177,6 +180,7 @@ async def test_revoking_with_end_sessions_closes_the_keys_live_sessions(platform
                 if event.get("type") == "session.closed":
                     reasons.append(event["reason"])
         assert reasons == ["key_revoked"]
+        assert platform.request("GET", f"/v1/chat/{conversation}", ADMIN_TOKEN).status_code == 404  # ended
         await bystander.send(json.dumps({"type": "input_text", "text": "still there?"}))
         assert json.loads(await asyncio.wait_for(bystander.recv(), 5))["type"] != "session.closed"
     event, code = await first_event(f"{platform.ws}/v1/voice", secret)

@@ -16,6 +16,7 @@ from gateway.api_common import app_state, parse_body, require_store
 from gateway.auth import scoped
 from gateway.keys.registry import KeyRegistry, key_view
 from gateway.principal import SCOPES, KeyLimits
+from gateway.speech.conversations import registry
 
 ScopeName = str
 
@@ -82,6 +83,11 @@ async def revoke_key(request: Request) -> Response:
         for session in list(app_state(request).sessions.live.values()):
             if session.owner_key == key_id:
                 await session.close("key_revoked")
+                ended += 1
+        # HTTP chat conversations are sessions too, kept by their own registry (gateway/speech/conversations.py).
+        for conversation in list(registry(request).open.values()):
+            if conversation.session.owner_key == key_id:
+                await conversation.close("key_revoked")
                 ended += 1
     return JSONResponse({"id": key_id, "revoked": True, "sessions_ended": ended})
 
