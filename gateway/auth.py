@@ -3,7 +3,7 @@
 Every route declares its scope where it is defined, with :func:`scoped`: one of the key scopes
 (``realtime``, ``batch``, ``media``, ``flows``, ``calls``, ``admin``), ``key`` (any valid key, whatever its
 scopes), ``public`` (health, pages) or ``signed`` (a provider's webhooks, which prove themselves with signatures, never with a key). The edge
-(gateway/http_guard.py) reads the declaration, resolves the caller with :meth:`Auth.resolve` and refuses
+(gateway/http_guard.py) reads the declaration, resolves the caller with :meth:`Auth.admit` and refuses
 before the route runs: 401 without a valid key, 403 for a key without the scope. A route that declares
 nothing needs ``admin``: a forgotten declaration fails closed (and tests/test_auth_table.py fails).
 
@@ -20,12 +20,13 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from gateway.principal import OPEN, SCOPE_KEY, SCOPES, Principal, principal_of
 
@@ -167,6 +168,27 @@ def bearer(conn: HTTPConnection) -> str:
     return next((p.removeprefix(KEY_PROTOCOL) for p in offered if p.startswith(KEY_PROTOCOL)), "")
 
 
+@dataclass(frozen=True)
+class Denied:
+    """Why the edge turns a caller away: HTTP status, the WebSocket ``error`` code, and the text."""
+
+    status: int
+    code: str
+    detail: str
+
+
+def find_route(scope: MutableMapping[str, Any]) -> Any:
+    """The route the router will pick (the first full match, else the first partial: a wrong method)."""
+    partial = None
+    for route in getattr(scope.get("app"), "routes", ()):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route
+        if match == Match.PARTIAL and partial is None:
+            partial = route
+    return partial
+
+
 def _same(offered: str, expected: str | None) -> bool:
     return bool(expected) and hmac.compare_digest(offered.encode(), str(expected).encode())
 
@@ -220,6 +242,51 @@ class Auth:
         if self.mode == "off":
             return False
         return not self.loopback or bool(self.api_key) or bool(self.admin_token)
+
+    async def admit(self, scope: MutableMapping[str, Any], *, api_path: bool) -> Denied | None:
+        """Resolve the caller of the route ``scope`` names and check the route's declared scope; when admitted,
+        put the principal (and a redeemed token's grant) in ``scope``. ``api_path``: an API path, where a key
+        in the URL is refused even on a public route."""
+        route = find_route(scope)
+        conn = HTTPConnection(scope)
+        needed = (route_scope(route) or "admin") if route is not None else PUBLIC  # None: the router's 404
+        flag = public_if(route) if route is not None else None
+        is_public = needed in (PUBLIC, SIGNED) or (flag is not None and bool(getattr(self, flag, False)))
+        if key_in_url(conn) and (scope["type"] == "websocket" or api_path or not is_public):
+            return Denied(401, "unauthorized", KEY_IN_URL_DETAIL)
+        if is_public:
+            scope[SCOPE_KEY] = ANONYMOUS if self.enabled else OPEN
+            return None
+        grant = self._redeem(scope, conn, route)
+        if grant is not None:
+            scope[GRANT_KEY] = grant
+            principal = grant.principal
+        elif not self.enabled:
+            principal = OPEN
+        else:
+            found = await self.principal_for(bearer(conn))
+            if found is None:
+                return Denied(401, "unauthorized", WRONG_KEY_DETAIL)
+            principal = found
+        if needed != ANY_KEY and not principal.allows(needed):
+            path = str(scope["path"])[:80]
+            return Denied(403, "forbidden", f"this key may not use {path}: it needs the {needed!r} scope")
+        scope[SCOPE_KEY] = principal
+        return None
+
+    def _redeem(self, scope: MutableMapping[str, Any], conn: HTTPConnection, route: Any) -> Grant | None:
+        """Spend the one-use token (WebSocket ``?token=``) or client secret (``ek_`` bearer) presented."""
+        if scope["type"] == "websocket":
+            token = conn.query_params.get("token", "")
+            if token:
+                # Spent even when another credential would do, so that a token works once whatever else.
+                grant = self.tokens.redeem(token)
+                if grant is not None:
+                    return grant
+        credential = bearer(conn)
+        if route is not None and takes_client_secret(route) and credential.startswith(CLIENT_SECRET_PREFIX):
+            return self.client_secrets.redeem(credential)
+        return None
 
     async def principal_for(self, credential: str) -> Principal | None:
         """The principal a bearer credential names; None for a wrong, unknown or revoked one."""

@@ -35,29 +35,10 @@ from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
-from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.auth import (
-    ANONYMOUS,
-    ANY_KEY,
-    CLIENT_SECRET_PREFIX,
-    GRANT_KEY,
-    KEY_IN_URL_DETAIL,
-    PUBLIC,
-    SIGNED,
-    WRONG_KEY_DETAIL,
-    Auth,
-    Grant,
-    bearer,
-    key_in_url,
-    public_if,
-    route_scope,
-    takes_client_secret,
-)
-from gateway.principal import OPEN, SCOPE_KEY
+from gateway.auth import Auth
 from gateway.settings import Settings
 
 log = logging.getLogger("voxgate.edge")
@@ -299,62 +280,13 @@ class HttpGuard:
         upload = scope["path"] in UPLOAD_PATHS or scope["path"] in MEDIA_UPLOAD_PATHS
         return _content_type_refusal(scope["method"], headers, upload=upload)
 
-    @staticmethod
-    def _route(scope: Scope) -> BaseRoute | None:
-        """The route the router will pick (the first full match, else the first partial: a wrong method)."""
-        app = scope.get("app")
-        partial: BaseRoute | None = None
-        for route in getattr(app, "routes", ()):
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return route
-            if match == Match.PARTIAL and partial is None:
-                partial = route
-        return partial
-
     async def _authorize(self, scope: Scope) -> Refusal | None:
-        """Resolve the caller, check its scope against the route's, and put the principal in ``scope``."""
-        auth = self.auth
-        route = self._route(scope)
-        conn = HTTPConnection(scope)
-        needed = (route_scope(route) or "admin") if route is not None else PUBLIC  # None: the router's 404
-        flag = public_if(route) if route is not None else None
-        is_public = needed in (PUBLIC, SIGNED) or (flag is not None and bool(getattr(auth, flag, False)))
-        if key_in_url(conn) and (scope["type"] == "websocket" or _is_api(scope["path"]) or not is_public):
-            return Refusal(401, "unauthorized", KEY_IN_URL_DETAIL, (("www-authenticate", "Bearer"),))
-        if is_public:
-            scope[SCOPE_KEY] = ANONYMOUS if auth.enabled else OPEN
+        """The caller and its scope (gateway/auth.py); the principal goes in ``scope`` when admitted."""
+        denied = await self.auth.admit(scope, api_path=_is_api(scope["path"]))
+        if denied is None:
             return None
-        grant = self._redeem(scope, conn, route)
-        if grant is not None:
-            scope[GRANT_KEY] = grant
-            principal = grant.principal
-        elif not auth.enabled:
-            principal = OPEN
-        else:
-            found = await auth.principal_for(bearer(conn))
-            if found is None:
-                return Refusal(401, "unauthorized", WRONG_KEY_DETAIL, (("www-authenticate", "Bearer"),))
-            principal = found
-        if needed != ANY_KEY and not principal.allows(needed):
-            detail = f"this key may not use {scope['path'][:QUOTE_CHARS]}: it needs the {needed!r} scope"
-            return Refusal(403, "forbidden", detail)
-        scope[SCOPE_KEY] = principal
-        return None
-
-    def _redeem(self, scope: Scope, conn: HTTPConnection, route: BaseRoute | None) -> Grant | None:
-        """Spend the one-use token (WebSocket ``?token=``) or client secret (``ek_`` bearer) presented."""
-        if scope["type"] == "websocket":
-            token = conn.query_params.get("token", "")
-            if token:
-                # Spent even when another credential would do, so that a token works once whatever else.
-                grant = self.auth.tokens.redeem(token)
-                if grant is not None:
-                    return grant
-        credential = bearer(conn)
-        if route is not None and takes_client_secret(route) and credential.startswith(CLIENT_SECRET_PREFIX):
-            return self.auth.client_secrets.redeem(credential)
-        return None
+        headers = (("www-authenticate", "Bearer"),) if denied.status == 401 else ()
+        return Refusal(denied.status, denied.code, denied.detail, headers)
 
     def _body_limit(self, path: str) -> tuple[int, str]:
         if path in UPLOAD_PATHS:
