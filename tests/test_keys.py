@@ -298,3 +298,20 @@ async def test_a_key_runs_its_own_flows_and_admins_never_another_keys(platform: 
     for key, flow_id in ((author, "authors-flow"), (stranger, "shared-flow")):
         event, _ = await first_event(f"{platform.ws}/v1/voice?flow={flow_id}", key)
         assert event["type"] == "session.created" and event.get("flow_id", flow_id) == flow_id, event
+
+
+def test_a_key_in_a_url_is_refused_and_never_logged(platform: Platform) -> None:
+    from gateway.logs import CredentialScrubber, JsonFormatter, PrivacyFilter
+
+    _, secret = platform.new_key("leaky", "flows")
+    refused = platform.request("GET", f"/v1/flows?api_key={secret}")
+    assert refused.status_code == 401 and "URL" in refused.json()["detail"]
+    # uvicorn's access line for it, through the filters voxgate serve gives that logger (uvicorn_log_config).
+    path = f"/v1/flows?api_key={secret}&other={secret}"
+    args = ("127.0.0.1:5000", "GET", path, "1.1", 401)
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', args, None
+    )
+    assert CredentialScrubber().filter(record) and PrivacyFilter().filter(record)
+    line = JsonFormatter().format(record)
+    assert secret not in line and "/v1/flows?api_key=" in line
