@@ -31,11 +31,18 @@ retry() { "$@" || { step "failed, retrying once in 10 s: $*"; sleep 10; "$@"; };
 work=$(mktemp -d /tmp/voxgate-image-check.XXXXXX)
 ctr=""
 server_pid=""
+# SIGTERM to the server itself, as `docker stop` sends it to the container's first process: signalling
+# buildah's process group instead kills its chroot helpers, and the server dies without draining.
+stop_server() {
+  local inner
+  inner=$(pgrep -g "$server_pid" -f '/bin/python[0-9.]* .*voxgate serve' | head -n 1 || true)
+  if [ -n "$inner" ]; then $SUDO kill -TERM "$inner" 2>/dev/null || true; fi
+  for _ in $(seq 1 60); do [ -e "/proc/$server_pid" ] || return 0; sleep 0.5; done
+  return 1
+}
 cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM -- "-$server_pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL -- "-$server_pid" 2>/dev/null || true
+  if [ -n "$server_pid" ] && [ -e "/proc/$server_pid" ]; then
+    stop_server || $SUDO kill -KILL -- "-$server_pid" 2>/dev/null || true
   fi
   if [ -n "$ctr" ]; then $SUDO buildah rm "$ctr" >/dev/null 2>&1 || true; fi
   $SUDO rm -rf "$work"
@@ -141,7 +148,7 @@ server_pid=$!
 base_url="http://127.0.0.1:$port"
 deadline=$((SECONDS + READY_S))
 until python3 -c "import urllib.request; urllib.request.urlopen('$base_url/health/ready', timeout=3)" 2>/dev/null; do
-  if ! kill -0 "$server_pid" 2>/dev/null; then
+  if ! [ -e "/proc/$server_pid" ]; then
     tail -n 40 "$work/serve.log" >&2
     fail "the container's server exited before it was ready (its last 40 log lines are above)"
   fi
@@ -165,10 +172,17 @@ if ! "${turn[@]}" <"$repo/scripts/image_turn.py"; then
   fail "the typed turn over /v1/voice was not answered (the server's last log lines are above)"
 fi
 
-# 7. Stop it: SIGTERM is a graceful drain, and the process should exit on its own.
-kill -TERM -- "-$server_pid" 2>/dev/null || true
-for _ in $(seq 1 60); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.5; done
-if kill -0 "$server_pid" 2>/dev/null; then
-  step "the server did not exit within 30 s of SIGTERM; killing it"
+# 7. Stop it: SIGTERM is a graceful drain (no session is live now), after which the server exits 0.
+if ! stop_server; then
+  tail -n 20 "$work/serve.log" >&2
+  fail "the container's server did not exit within 30 s of SIGTERM (its last log lines are above)"
 fi
+status=0
+wait "$server_pid" || status=$?
+server_pid=""
+if [ "$status" != 0 ]; then
+  tail -n 20 "$work/serve.log" >&2
+  fail "the container's server exited with status $status after SIGTERM, not 0 (its last log lines are above)"
+fi
+step "stopped: SIGTERM drained the server and it exited 0"
 step "image check passed in $((SECONDS - start)) s"

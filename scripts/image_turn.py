@@ -2,7 +2,8 @@
 
     python scripts/image_turn.py --url http://127.0.0.1:8000 --token ADMIN_TOKEN
 
-The admin token buys a one-use session token (``POST /v1/sessions/token``), as a browser would, so the WebSocket
+First the API must refuse a caller without a key (auth is on beyond loopback). Then the admin token buys a
+one-use session token (``POST /v1/sessions/token``), as a browser would, so the WebSocket
 URL never carries the token itself. Then the turn: ``input_text`` in, and the answer's text and audio out.
 Exits 0 when the answer came with audio, 1 with the reason otherwise. Runs on the host's venv
 (``gateway/client.py``) or, piped to ``python3 -``, inside the image, which has the same package.
@@ -21,6 +22,16 @@ import urllib.request
 from gateway.client import VoiceClient
 
 
+def check_auth_is_on(base_url: str) -> None:
+    """Listening beyond loopback, the server must refuse the API to a caller without a key."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/v1/sessions", timeout=30) as response:
+            raise SystemExit(f"GET /v1/sessions without a key answered {response.status}: auth is off")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 401:
+            raise SystemExit(f"GET /v1/sessions without a key answered {exc.code}, not 401") from None
+
+
 def session_token(base_url: str, admin_token: str) -> str:
     """A one-use WebSocket token from the server, paid for with the admin token."""
     request = urllib.request.Request(
@@ -37,6 +48,7 @@ def session_token(base_url: str, admin_token: str) -> str:
 
 
 async def typed_turn(base_url: str, admin_token: str, text: str, timeout_s: float) -> None:
+    check_auth_is_on(base_url)
     token = session_token(base_url, admin_token)
     ws_url = base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     started = time.monotonic()
