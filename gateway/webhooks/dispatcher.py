@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -125,7 +126,8 @@ class WebhookDispatcher:
         if event.type not in EVENT_TYPES:
             return
         try:
-            self._inbox.put_nowait(event)
+            # Without its live subject: a queued (or last-handled) event must not keep an ended session alive.
+            self._inbox.put_nowait(dataclasses.replace(event, subject=None))
         except asyncio.QueueFull:
             log.error("webhook inbox full (%d events): %s %s dropped", INBOX_MAX, event.type, event.id)
 
