@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -133,7 +134,36 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+def shared_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh PostgreSQL database for the two instances (SQLite when no server is configured: two apps'
+    writers can then meet a locked file, which PostgreSQL never shows)."""
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import POSTGRES_ENV, _postgres_admin
+
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('limits-db') / 'shared.db'}"
+        return
+    name = f"voxgate_limits_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await _postgres_admin(base)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        url = make_url(base).set(drivername="postgresql+asyncpg", database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, shared_database: str) -> Iterator[Pair]:
     from gateway.app import create_app
     from gateway.settings import Settings
     from pipeline.runtime import Runtime
@@ -143,7 +173,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     prefix = f"vgtest-{uuid.uuid4().hex[:10]}"
     data = tmp_path_factory.mktemp("limits")
     common = {
-        "database_url": f"sqlite+aiosqlite:///{data / 'shared.db'}",
+        "database_url": shared_database,
         "redis_url": REDIS_URL,
         "limits_redis_prefix": prefix,
         "admin_token": ADMIN,
@@ -189,7 +219,8 @@ async def _refused(server: LiveServer, key: str) -> tuple[dict[str, Any], int | 
         await ws.close()
 
 
-async def _webrtc_offer(server: LiveServer, key: str) -> httpx.Response:
+async def _webrtc_offer(server: LiveServer, key: str, path: str) -> httpx.Response:
+    """An SDP offer to ``/v1/webrtc/offer`` (JSON) or ``/v1/realtime/calls`` (raw SDP, as OpenAI's is)."""
     from aiortc import RTCConfiguration, RTCPeerConnection
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -197,11 +228,14 @@ async def _webrtc_offer(server: LiveServer, key: str) -> httpx.Response:
         pc.createDataChannel("events")
         pc.addTransceiver("audio", direction="sendrecv")
         await pc.setLocalDescription(await pc.createOffer())
-        body = {"sdp": pc.localDescription.sdp, "type": "offer"}
+        sdp, auth = pc.localDescription.sdp, {"authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(timeout=30) as http:
-            return await http.post(
-                f"{server.http}/v1/webrtc/offer", json=body, headers={"authorization": f"Bearer {key}"}
-            )
+            if path == "/v1/webrtc/offer":
+                return await http.post(
+                    f"{server.http}{path}", json={"sdp": sdp, "type": "offer"}, headers=auth
+                )
+            headers = {**auth, "content-type": "application/sdp"}
+            return await http.post(f"{server.http}{path}", content=sdp.encode(), headers=headers)
     finally:
         await pc.close()
 
@@ -232,9 +266,10 @@ async def test_concurrent_sessions_are_shared_by_two_instances(pair: Pair) -> No
         event, code = await _refused(pair.b, key)
         assert event["type"] == "error" and event["code"] == "limit_exceeded", event
         assert "1 session at once" in event["message"] and code == 1008
-        offer = await _webrtc_offer(pair.b, key)  # a WebRTC call is a session too
-        assert offer.status_code == 429 and "1 session at once" in offer.json()["detail"], offer.text
-        assert int(offer.headers["retry-after"]) >= 1
+        for path in ("/v1/webrtc/offer", "/v1/realtime/calls"):  # a WebRTC call is a session too
+            offer = await _webrtc_offer(pair.b, key, path)
+            assert offer.status_code == 429 and "1 session at once" in offer.json()["detail"], offer.text
+            assert int(offer.headers["retry-after"]) >= 1
     finally:
         await ws.close()
     # The place is given back when the session ends (on the instance that held it): poll, do not sleep.
@@ -282,3 +317,34 @@ async def test_no_key_no_limit(pair: Pair) -> None:
     admin = {"authorization": f"Bearer {ADMIN}"}
     codes = {httpx.get(f"{pair.a.http}/v1/sessions", headers=admin).status_code for _ in range(3)}
     assert codes == {200}
+
+
+async def test_in_memory_without_redis(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No ``redis_url``: one app counts in its own memory, with the same answers."""
+    from gateway.app import create_app
+    from gateway.limits.counters import MemoryCounters
+    from gateway.settings import Settings
+    from pipeline.runtime import Runtime
+    from tests.test_session_core import FakeLLM, FakeSTT, FakeTTS, FakeVAD
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("limits-memory"), admin_token=ADMIN, auth="on")
+    runtime = Runtime(vad=FakeVAD(), stt=FakeSTT(), llm=FakeLLM(delay_s=0.0), tts=FakeTTS())
+    live = LiveServer(create_app(settings, runtime=runtime), free_port(), settings)
+    live.start()
+    try:
+        assert isinstance(live.app.state.limiter.counters, MemoryCounters)
+        one = Pair(live, live, "")
+        _clear_of_minute_edge()
+        key = one.key(["realtime"], requests_per_minute=3, concurrent_sessions=1)
+        ws, first = await _open(live, key)  # request 1
+        try:
+            assert first["type"] == "session.created", first
+            event, code = await _refused(live, key)  # request 2: over the sessions
+            assert (event["code"], code) == ("limit_exceeded", 1008), event
+        finally:
+            await ws.close()
+        assert _get(live, key).status_code == 200  # request 3
+        over = _get(live, key)
+        assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1, over.text
+    finally:
+        live.stop()

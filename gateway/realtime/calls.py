@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import limits
 from gateway.agent.flow_agent import attach_flow
 from gateway.api_common import app_state
 from gateway.auth import principal_of, scoped
@@ -221,6 +222,13 @@ async def create_call(request: Request) -> Response:
         place.release()
         await call.discard()
         return _error(400, "invalid_value", f"cannot answer this offer: {exc or type(exc).__name__}", "sdp")
+    over = await limits.session_over(request, call.session)  # the key's concurrent sessions, audio minutes
+    if over is not None:
+        place.release()
+        await call.discard()
+        refused = _error(429, over.code, over.detail)
+        refused.headers["retry-after"] = str(over.retry_after)
+        return refused
     session = call.session
     place.admit(session)
     state.webrtc_calls.add(call)
