@@ -95,9 +95,13 @@ def test_compose_wiring_points_at_its_own_services() -> None:
         )
         assert host in services
     # The settings accept the values (engine names and options are validated when Settings is built).
-    values = {k.removeprefix("VOXGATE_").lower(): v for k, v in gateway.items() if "${" not in v}
-    settings = Settings(**values)
-    assert settings.engine_name("llm") == "openai" and settings.engine_name("stt") == "openai"
+    built = {}
+    for name in ("gateway", "models"):
+        env = _environment(services[name])
+        values = {k.removeprefix("VOXGATE_").lower(): v for k, v in env.items() if "${" not in v}
+        built[name] = Settings(**values)
+    assert built["gateway"].engine_name("llm") == "openai" and built["gateway"].engine_name("stt") == "openai"
+    assert built["models"].engine_name("stt") == "whisper"  # the node runs the models itself
 
 
 def test_dockerfile_variables_are_real_settings() -> None:
