@@ -94,8 +94,8 @@ RUN set -eu; \
 
 FROM ${BASE_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
-# python3 for the venv, espeak-ng for the TTS fallback voice and the phonemes, libgomp1 for llama.cpp's
-# threads. No compilers, no pip cache, no tests. Fixed ids (10001), so that replicas sharing a volume agree.
+# python3 for the venv, espeak-ng for the espeak engine (the voice that speaks when Piper or a remote TTS
+# fails), libgomp1 for llama.cpp's threads. No compilers, no pip cache, no tests. Fixed ids (10001), so that replicas sharing a volume agree.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 espeak-ng libgomp1 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
