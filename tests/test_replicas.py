@@ -131,6 +131,11 @@ async def test_two_replicas_share_sessions_jobs_and_limits(postgres_url: str, tm
         second = httpx.post(f"{b.http}/video/generate", json=body, headers=auth)
         assert second.status_code == 429 and second.headers["retry-after"], second.text
         assert "1 media job" in second.json()["detail"]
+        usage = _poll(  # the session's and the job's usage rows, read on the other replica
+            lambda: httpx.get(f"{b.http}/v1/usage", headers=auth).json()["totals"],
+            lambda t: t["sessions"] == 1 and t["jobs"] == 1,
+        )
+        assert usage["llm_tokens"] > 0 and usage["tts_chars"] > 0 and usage["audio_out_s"] > 0, usage
 
         # Requests per minute, counted in Redis by both.
         left = 60 - time.time() % 60
