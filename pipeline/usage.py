@@ -19,6 +19,7 @@ class UsageCounters:
     stt_s: float = 0.0  # audio sent to the STT engine for final (and speculative) transcripts
     llm_tokens: int = 0  # tokens the LLM streamed (one per delta, as llama.cpp and OpenAI streams send them)
     tts_chars: int = 0  # characters synthesized
+    key_id: str | None = None  # the API key the session is billed to, when the gateway knows it
 
     @property
     def audio_s(self) -> float:

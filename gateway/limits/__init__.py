@@ -34,8 +34,10 @@ async def session_over(conn: Any, session: Any) -> Over | None:
     :meth:`Limiter.admit_session`); the limit it is over, if any."""
     from gateway.principal import principal_of
 
+    principal = principal_of(conn)
+    session.usage.key_id = principal.key_id  # usage goes to the key, an admin-scoped key's too
     limiter = limiter_of(conn)
-    return None if limiter is None else await limiter.admit_session(principal_of(conn), session)
+    return None if limiter is None else await limiter.admit_session(principal, session)
 
 
 async def admit_session(conn: Any, session: Any) -> None:

@@ -33,10 +33,12 @@ class UsageCollector:
 
     def session_ended(self, session: Any, key_id: str | None = None) -> None:
         used = session.usage
+        if key_id is None:  # the session's owner is None for an admin-scoped key: the key it was opened with
+            key_id = used.key_id if used.key_id is not None else session.owner_key
         self._write(
             usage_row(
                 session.id,
-                key_id if key_id is not None else session.owner_key,
+                key_id,
                 "session",
                 session.created_at,
                 sessions=1,
