@@ -241,7 +241,7 @@ async def _webrtc_offer(server: LiveServer, key: str, path: str) -> httpx.Respon
 
 
 async def test_requests_per_minute_are_shared_by_two_instances(pair: Pair) -> None:
-    _clear_of_minute_edge()
+    _clear_of_minute_edge(8.0)
     key = pair.key(["realtime"], requests_per_minute=4)
     other = pair.key(["realtime"], requests_per_minute=4)
     codes = [_get(server, key).status_code for server in (pair.a, pair.b, pair.a, pair.b)]
@@ -334,7 +334,7 @@ async def test_in_memory_without_redis(tmp_path_factory: pytest.TempPathFactory)
     try:
         assert isinstance(live.app.state.limiter.counters, MemoryCounters)
         one = Pair(live, live, "")
-        _clear_of_minute_edge()
+        _clear_of_minute_edge(8.0)
         key = one.key(["realtime"], requests_per_minute=3, concurrent_sessions=1)
         ws, first = await _open(live, key)  # request 1
         try:

@@ -139,7 +139,7 @@ async def test_two_replicas_share_sessions_jobs_and_limits(postgres_url: str, tm
 
         # Requests per minute, counted in Redis by both.
         left = 60 - time.time() % 60
-        if left < 3:  # whole-minute windows: do not straddle two
+        if left < 6:  # whole-minute windows: do not straddle two
             time.sleep(left + 0.05)
         lim = {"authorization": f"Bearer {limited}"}
         codes = [httpx.get(f"{s.http}/v1/sessions", headers=lim).status_code for s in (a, b, a, b)]
