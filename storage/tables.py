@@ -179,7 +179,9 @@ webhook_deliveries = Table(
     Column("created_at", Float, nullable=False),
     Column("delivered_at", Float),
 )
-Index("ix_webhook_deliveries_event", webhook_deliveries.c.webhook_id, webhook_deliveries.c.event_id, unique=True)
+Index(
+    "ix_webhook_deliveries_event", webhook_deliveries.c.webhook_id, webhook_deliveries.c.event_id, unique=True
+)
 Index("ix_webhook_deliveries_status", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at)
 
 # One row per billable thing (a session, a job, an HTTP speech or chat request), upserted as it grows.
