@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -20,6 +21,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(settings, runtime=None) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
+    """The real app on ``settings`` (engines from ``runtime``, else loaded) served on a free port, until exit."""
+    from gateway.app import create_app
+
+    live = LiveServer(create_app(settings, runtime=runtime), free_port(), settings)
+    live.start()
+    try:
+        yield live
+    finally:
+        live.stop()
 
 
 @pytest.fixture(scope="session")
@@ -79,12 +93,8 @@ class LiveServer:
 @pytest.fixture(scope="session")
 def server(settings) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
     """One server with the embedded default engines for the whole test session."""
-    from gateway.app import create_app
-
-    live = LiveServer(create_app(settings), free_port(), settings)
-    live.start()
-    yield live
-    live.stop()
+    with serving(settings) as live:
+        yield live
 
 
 @pytest.fixture(scope="session")

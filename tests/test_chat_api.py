@@ -321,9 +321,8 @@ def test_unknown_conversation_history_is_404(server) -> None:  # type: ignore[no
 @pytest.fixture(scope="module")
 def no_llm_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A gateway whose LLM is a server that is not there (nothing listens on its port)."""
-    from gateway.app import create_app
     from gateway.settings import Settings
-    from tests.conftest import LiveServer, free_port
+    from tests.conftest import free_port, serving
 
     settings = Settings(
         llm_engine="openai",
@@ -331,10 +330,8 @@ def no_llm_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
         llm_model="gone",
         data_dir=tmp_path_factory.mktemp("voxgate-no-llm"),
     )
-    live = LiveServer(create_app(settings), free_port(), settings)
-    live.start()
-    yield live
-    live.stop()
+    with serving(settings) as live:
+        yield live
 
 
 async def test_a_failed_llm_is_a_500_with_its_reason(no_llm_server) -> None:  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.routing import Route
 
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, serving
 from tests.looplag import LoopWatch
 
 NASTY_NUMBERS = [
@@ -91,17 +91,14 @@ def raw_bodies() -> st.SearchStrategy[bytes]:
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    from gateway.app import create_app
     from gateway.settings import Settings
     from pipeline.runtime import Runtime
     from tests.test_session_core import FakeLLM, FakeSTT, FakeTTS, FakeVAD
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("fuzz-data"), twilio_auth_token="fuzz-token")
     runtime = Runtime(vad=FakeVAD(), stt=FakeSTT(), llm=FakeLLM("{}", delay_s=0.0), tts=FakeTTS())
-    live = LiveServer(create_app(settings, runtime=runtime), free_port(), settings)
-    live.start()
-    yield live
-    live.stop()
+    with serving(settings, runtime) as live:
+        yield live
 
 
 def _http_routes(app: Any) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.client import VoiceClient
 from pipeline.audio import pcm16_to_float
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, serving
 from tests.speech import clip_pcm, energy_dbfs
 
 pytestmark = pytest.mark.slow
@@ -25,16 +25,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def routing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    from gateway.app import create_app
     from gateway.settings import Settings
 
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("voxgate-routing"), stt_model="base", tts_engine="voices"
     )
-    live = LiveServer(create_app(settings), free_port(), settings)
-    live.start()
-    yield live
-    live.stop()
+    with serving(settings) as live:
+        yield live
 
 
 async def _heard_language(server: LiveServer, pcm16k: bytes) -> tuple[str, str]:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from engines.llm_tool_calls import DecisionText, ToolCallParser, tool_request
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, free_port, serving
 from tests.llama_server import LlamaServer
 from tests.speech import energy_dbfs, words
 from tests.test_realtime_client import REALTIME_RATE, Recorder, realtime
@@ -198,7 +198,6 @@ def relay(relay_server: Relay) -> Relay:
 
 @pytest.fixture(scope="module")
 def gateway(relay_server: Relay, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    from gateway.app import create_app
     from gateway.settings import Settings
 
     settings = Settings(
@@ -211,12 +210,8 @@ def gateway(relay_server: Relay, tmp_path_factory: pytest.TempPathFactory) -> It
         turn_engine="none",  # no audio turns here
         data_dir=tmp_path_factory.mktemp("voxgate-native-tools"),
     )
-    live = LiveServer(create_app(settings), free_port(), settings)
-    live.start()
-    try:
+    with serving(settings) as live:
         yield live
-    finally:
-        live.stop()
 
 
 async def _ask(

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from gateway.client import VoiceClient
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, serving
 from tests.llama_server import LlamaServer
 from tests.speech import piper_pcm, wer, words
 
@@ -37,7 +37,6 @@ def llama_server() -> Iterator[LlamaServer]:
 
 @pytest.fixture(scope="module")
 def gateway(llama_server: LlamaServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    from gateway.app import create_app
     from gateway.settings import Settings
 
     settings = Settings(
@@ -46,12 +45,8 @@ def gateway(llama_server: LlamaServer, tmp_path_factory: pytest.TempPathFactory)
         llm_model="smollm2",
         data_dir=tmp_path_factory.mktemp("voxgate-openai"),
     )
-    live = LiveServer(create_app(settings), free_port(), settings)
-    live.start()
-    try:
+    with serving(settings) as live:
         yield live
-    finally:
-        live.stop()
 
 
 async def _health(gateway: LiveServer) -> dict:  # type: ignore[type-arg]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, serving
 from tests.llama_server import LlamaServer
 from tests.speech import words
 from tests.test_realtime_client import Recorder, realtime
@@ -69,7 +69,6 @@ async def test_function_call_round_trip_on_the_embedded_model(server) -> None:  
 
 @pytest.fixture(scope="module")
 def llama_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    from gateway.app import create_app
     from gateway.settings import Settings
 
     llama = LlamaServer()
@@ -82,12 +81,8 @@ def llama_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
             llm_schema_format="json_object",  # the form llama-cpp-python's server applies
             data_dir=tmp_path_factory.mktemp("voxgate-realtime-tools"),
         )
-        live = LiveServer(create_app(settings), free_port(), settings)
-        live.start()
-        try:
+        with serving(settings) as live:
             yield live
-        finally:
-            live.stop()
     finally:
         llama.stop()
         llama.log.close()

@@ -381,19 +381,16 @@ def test_translation_needs_an_engine_that_translates(client: openai.OpenAI, shar
 def multilingual_server(runtime: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A second app on the same loaded engines but a multilingual Whisper (base): translations work there."""
     from engines.stt_whisper import WhisperSTT
-    from gateway.app import create_app
     from gateway.settings import Settings
     from pipeline.runtime import Runtime
-    from tests.conftest import LiveServer, free_port
+    from tests.conftest import serving
 
     multilingual = Runtime(
         vad=runtime.vad, stt=WhisperSTT("base", cpu_threads=2), llm=runtime.llm, tts=runtime.tts
     )
     settings = Settings(data_dir=tmp_path_factory.mktemp("multilingual"))
-    live = LiveServer(create_app(settings, runtime=multilingual), free_port(), settings)
-    live.start()
-    yield live
-    live.stop()
+    with serving(settings, multilingual) as live:
+        yield live
     multilingual.stt_worker.shutdown()
 
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from gateway.client import VoiceClient
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, serving
 from tests.speech import piper_pcm
 
 ADMIN = "usage-admin-token"
@@ -25,7 +25,6 @@ BYTES_PER_S = 16000 * 2  # the session's wire format both ways: 16 kHz PCM16
 
 @pytest.fixture(scope="module")
 def keyed(runtime: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    from gateway.app import create_app
     from gateway.settings import Settings
 
     settings = Settings(
@@ -35,10 +34,8 @@ def keyed(runtime: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
         load_example_flows=False,
         answer_max_sentences=1,  # a short answer: less agent audio to wait for
     )
-    live = LiveServer(create_app(settings, runtime=runtime), free_port(), settings)
-    live.start()
-    yield live
-    live.stop()
+    with serving(settings, runtime) as live:
+        yield live
 
 
 def _key(live: LiveServer, scopes: list[str]) -> dict[str, Any]:
