@@ -134,6 +134,10 @@ current=$($SUDO buildah images --quiet --noheading "$IMAGE" | head -n 1)
 if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
   $SUDO buildah rmi "$previous" >/dev/null 2>&1 || true
 fi
+# So are the build stages' untagged final images of earlier builds (the newest, this build's, stays: the next
+# build's cache).
+$SUDO buildah images --filter dangling=true --quiet --noheading 2>/dev/null | tail -n +2 |
+  xargs -r $SUDO buildah rmi >/dev/null 2>&1 || true
 step "built $IMAGE ($($SUDO buildah images --format '{{.Size}}' "$IMAGE" | head -n 1))"
 
 # 5. Run it on the host's network, on a free port, with an admin token (auth is on beyond loopback).
