@@ -315,3 +315,23 @@ def test_a_key_in_a_url_is_refused_and_never_logged(platform: Platform) -> None:
     assert CredentialScrubber().filter(record) and PrivacyFilter().filter(record)
     line = JsonFormatter().format(record)
     assert secret not in line and "/v1/flows?api_key=" in line
+
+
+def test_a_key_reads_only_its_own_generated_files(platform: Platform) -> None:
+    id_a, key_a = platform.new_key("speaker-a", "batch")
+    _, key_b = platform.new_key("speaker-b", "batch")
+    voice = platform.request("GET", "/v1/voices", key_a).json()["voices"][0]["id"]
+    made = platform.request(
+        "POST", f"/v1/text-to-speech/{voice}", key_a, json={"text": "Mine.", "output_filepath": "mine.wav"}
+    )
+    assert made.status_code == 200, made.text
+    url = made.json()["download_url"]
+    assert url == "/v1/outputs/mine.wav"
+    assert platform.request("GET", url, key_a).content[:4] == b"RIFF"
+    assert platform.request("GET", url, key_b).status_code == 404  # another key's file does not exist for it
+    # Nor can another key write over it, or reach it by a path.
+    outside = {"text": "Theirs.", "output_filepath": f"../{id_a}/mine.wav"}
+    assert platform.request("POST", f"/v1/text-to-speech/{voice}", key_b, json=outside).status_code == 400
+    assert platform.request("GET", f"/v1/outputs/keys/{id_a}/mine.wav", key_b).status_code == 404
+    admin = platform.request("GET", f"/v1/outputs/keys/{id_a}/mine.wav", ADMIN_TOKEN)
+    assert admin.status_code == 200 and admin.content == platform.request("GET", url, key_a).content

@@ -32,10 +32,11 @@ from starlette.routing import BaseRoute, Route
 from engines.base import Voice
 from gateway.api_common import parse_body, read_json, unprocessable, validation_detail
 from gateway.auth import scoped
+from gateway.principal import principal_of
 from gateway.settings import Settings
 from gateway.speech import engine_memory, outputs
 from gateway.speech.synth import MAX_SPEED, MIN_SPEED, speak
-from gateway.state import AppState, app_state
+from gateway.state import app_state
 from gateway.usage import meter
 from pipeline.runtime import Runtime
 
@@ -192,11 +193,13 @@ async def synthesize(runtime: Runtime, text: str, voice: str, speed: float) -> n
 
 
 async def _answer(
-    state: AppState, rt: Runtime, body: _Output, audio: np.ndarray, notes: list[str], **fields: Any
+    request: Request, rt: Runtime, body: _Output, audio: np.ndarray, notes: list[str], **fields: Any
 ) -> Response:
-    """Save ``audio`` as the request asked and answer ``{status, output_filepath, message, ...}``."""
+    """Save ``audio`` as the request asked (among the caller's key's outputs) and answer
+    ``{status, output_filepath, message, ...}``."""
     rate = rt.tts.sample_rate
-    saved = await outputs.save_audio(state.settings, body.output_filepath, body.response_format, audio, rate)
+    settings, owner = app_state(request).settings, principal_of(request).owner
+    saved = await outputs.save_audio(settings, body.output_filepath, body.response_format, audio, rate, owner)
     ignored = ignored_parameters(rt, body.parameters)
     if ignored:
         engine = engine_memory.engine_class_name(rt.tts)
@@ -229,7 +232,7 @@ async def text_to_speech(request: Request) -> Response:
     meter(request, tts_chars=len(body.text))  # usage per key (gateway/usage)
     notes = [f"{choice.note[:1].upper()}{choice.note[1:]}."] if choice.fallback else []
     return await _answer(
-        state, rt, body, audio, notes, voice_id=choice.voice.id, voice_fallback=choice.fallback
+        request, rt, body, audio, notes, voice_id=choice.voice.id, voice_fallback=choice.fallback
     )
 
 
@@ -267,7 +270,7 @@ async def text_to_dialogue(request: Request) -> Response:
     fallback = any(s["voice_fallback"] for s in segments)
     meter(request, tts_chars=sum(len(line.text) for line in body.inputs))  # usage per key
     return await _answer(
-        state, rt, body, np.concatenate(pieces), notes, segments=segments, voice_fallback=fallback
+        request, rt, body, np.concatenate(pieces), notes, segments=segments, voice_fallback=fallback
     )
 
 
@@ -315,7 +318,7 @@ async def _capable_speech(
     except Exception as exc:
         raise HTTPException(500, f"the tts engine failed: {type(exc).__name__}: {exc}") from exc
     audio = np.concatenate(chunks).astype(np.int16) if chunks else np.zeros(0, np.int16)
-    return await _answer(state, rt, _Output(output_filepath=path), audio, [])
+    return await _answer(request, rt, _Output(output_filepath=path), audio, [])
 
 
 async def clone(request: Request) -> Response:

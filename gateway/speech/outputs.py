@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +25,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.auth import scoped
+from gateway.principal import principal_of
 from gateway.settings import Settings
 from gateway.speech import encode
 from gateway.speech.encode import FORMATS, encode_all
@@ -32,6 +34,8 @@ from gateway.state import app_state
 log = logging.getLogger("voxgate.speech")
 
 DOWNLOAD_PREFIX = "/v1/outputs/"
+OWNERS_DIR = "keys"  # outputs/keys/<key id>/: one API key's files
+_OWNER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _refuse(requested: str, why: str) -> HTTPException:
@@ -43,17 +47,23 @@ def _within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def outputs_root(settings: Settings) -> Path:
-    """The outputs directory, created if needed, with every symlink on its way resolved."""
+def outputs_root(settings: Settings, owner: str | None = None) -> Path:
+    """The outputs directory, created if needed, with every symlink on its way resolved. An API key's files
+    (``owner``, see gateway/principal.py) live in a directory of their own below it: a key reads and writes
+    only there, admin (``None``) everywhere."""
     base = settings.outputs_dir
+    if owner is not None:
+        if not _OWNER.fullmatch(owner):
+            raise ValueError(f"not an owner label: {owner!r}")
+        base = base / OWNERS_DIR / owner
     base.mkdir(parents=True, exist_ok=True)
     return base.resolve(strict=True)
 
 
-def output_path(settings: Settings, requested: str | None, extension: str) -> Path:
-    """Where to write a generated file: ``requested`` (relative to the outputs directory, or absolute inside
-    it) once checked, else a fresh name. Missing directories inside the outputs directory are created."""
-    root = outputs_root(settings)
+def output_path(settings: Settings, requested: str | None, extension: str, owner: str | None = None) -> Path:
+    """Where to write a generated file: ``requested`` (relative to ``owner``'s outputs directory, or absolute
+    inside it) once checked, else a fresh name. Missing directories inside the outputs directory are created."""
+    root = outputs_root(settings, owner)
     if requested is None:
         return root / f"{uuid.uuid4().hex}.{extension}"
     if "\x00" in requested or not requested.strip():
@@ -104,9 +114,9 @@ def write_output(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def download_url(settings: Settings, path: Path) -> str:
-    """The URL path that serves ``path`` back (``GET /v1/outputs/{name}``)."""
-    return DOWNLOAD_PREFIX + path.relative_to(outputs_root(settings)).as_posix()
+def download_url(settings: Settings, path: Path, owner: str | None = None) -> str:
+    """The URL path that serves ``path`` back to ``owner`` (``GET /v1/outputs/{name}``)."""
+    return DOWNLOAD_PREFIX + path.relative_to(outputs_root(settings, owner)).as_posix()
 
 
 def output_format(requested_path: str | None, requested_format: str | None) -> str:
@@ -122,16 +132,22 @@ def output_format(requested_path: str | None, requested_format: str | None) -> s
 
 
 async def save_audio(
-    settings: Settings, requested_path: str | None, requested_format: str | None, audio: np.ndarray, rate: int
+    settings: Settings,
+    requested_path: str | None,
+    requested_format: str | None,
+    audio: np.ndarray,
+    rate: int,
+    owner: str | None = None,
 ) -> dict[str, Any]:
-    """Encode int16 ``audio`` and write it to the checked path; what an answer says of the file."""
+    """Encode int16 ``audio`` and write it to the checked path among ``owner``'s outputs; what an answer
+    says of the file."""
     fmt = output_format(requested_path, requested_format)
-    path = output_path(settings, requested_path, fmt)
+    path = output_path(settings, requested_path, fmt, owner)
     data = await asyncio.to_thread(encode_all, audio, fmt, rate)
     await asyncio.to_thread(write_output, path, data)
     return {
         "output_filepath": str(path),
-        "download_url": download_url(settings, path),
+        "download_url": download_url(settings, path, owner),
         "format": fmt,
         "sample_rate": rate,
         "duration_s": round(len(audio) / rate, 3),
@@ -173,10 +189,11 @@ async def retention_loop(settings: Settings) -> None:
 
 
 async def download(request: Request) -> Response:
-    """``GET /v1/outputs/{name}``: a generated file, found strictly inside the outputs directory."""
+    """``GET /v1/outputs/{name}``: a generated file, found strictly inside the caller's outputs directory
+    (a key's own; admin's is the whole directory)."""
     settings = app_state(request).settings
     name = request.path_params["name"]
-    root = outputs_root(settings)
+    root = outputs_root(settings, principal_of(request).owner)
     if "\x00" in name or ".." in Path(name).parts or Path(name).is_absolute():
         raise HTTPException(400, "an output name is a path inside the outputs directory, without '..'")
     try:
