@@ -393,7 +393,8 @@ def own_server(request) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:  # typ
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
     with tempfile.TemporaryDirectory() as data, tempfile.TemporaryFile("w+") as log:
-        env.update({"VOXGATE_DATA_DIR": data, "VOXGATE_PORT": str(port), **request.param})
+        env.update({"VOXGATE_DATA_DIR": data, "VOXGATE_PORT": str(port), "VOXGATE_DRAIN_TIMEOUT_S": "0"})
+        env.update(request.param)
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve"], stdout=log, stderr=subprocess.STDOUT, env=env
         )

@@ -52,6 +52,9 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> sub
         "VOXGATE_DATA_DIR": str(data_dir),
         "VOXGATE_WEBRTC_HOST_ADDRESSES": "127.0.0.1",
         "VOXGATE_VAD__END_OF_TURN_MS": "1000",  # a read sentence's pauses are not turn ends
+        # terminate() must stop it at once: a page still connected gets no drain (tests/test_drain.py has it)
+        "VOXGATE_DRAIN_TIMEOUT_S": "0",
+        "VOXGATE_DRAIN_GOODBYE": "",
         **(extra_env or {}),
     }
     log = open(data_dir / "server.log", "wb")  # noqa: SIM115 (lives as long as the server)
