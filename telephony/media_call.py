@@ -18,6 +18,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from gateway import limits
 from gateway.agent.flow_agent import FlowNotAvailable, attach_flow, load_stored_flow
 from gateway.call_records import save_call_recording
 from gateway.logs import bind_log_context
@@ -166,13 +167,13 @@ class MediaStreamCall(Transport):
             log.warning("%s stream %.40s refused: the gateway is not ready", self.name, start.stream_id)
             return False
         try:
-            await self._open_session(start)
+            return await self._open_session(start)
         except Exception:
             log.exception("call %.40s: setting up the session failed", start.call_id)
             return False
-        return True
 
-    async def _open_session(self, start: StreamStarted) -> None:
+    async def _open_session(self, start: StreamStarted) -> bool:
+        """The call's session, admitted; False when the key that placed the call is over one of its limits."""
         state = self.state
         self.stream_sid = start.stream_id
         params = dict(start.custom_parameters)
@@ -185,6 +186,10 @@ class MediaStreamCall(Transport):
         session.caller = params.get("from") or None
         if state.store is not None:  # a call placed with an API key: its session is that key's (issue 15)
             session.owner_key = (await state.store.keys.owner_of("calls", start.call_id))[1]
+            over = await limits.owned_session_over(self.ws, state, session)  # and under its limits
+            if over is not None:
+                log.warning("call %.40s refused: %s (%s)", start.call_id, over.detail, over.code)
+                return False
         if flow is not None:
             control = self.provider.call_control(state, start.call_id)
             if not control.owned:
@@ -204,6 +209,7 @@ class MediaStreamCall(Transport):
         self.start_writer()
         if self.consent is not None:
             self.consent.start()
+        return True
 
     async def _load_flow(self, call_id: str, params: dict[str, str]) -> Any:
         """The flow the call's parameters name, or None: a bad or missing flow must not drop the call."""

@@ -287,3 +287,38 @@ async def test_bad_frames_are_counted_and_the_call_goes_on(server, twilio) -> No
     errors = server.state.runtime.metrics.errors
     for code in ("invalid_json", "unknown_event", "bad_payload", "wrong_stream"):
         assert errors.labels(f"twilio_{code}")._value.get() >= 1, code
+
+
+async def test_a_key_s_phone_calls_are_held_to_its_concurrent_sessions(server, twilio) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from gateway.principal import KeyLimits
+
+    state = server.state
+
+    async def on_server(coro):  # type: ignore[no-untyped-def]
+        # The store's engine lives on the server's own loop.
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, state.loop))
+
+    view, _ = await on_server(
+        state.auth.keys.create("phone-app", ["calls"], KeyLimits(concurrent_sessions=1))
+    )
+    sims = [TwilioSim(f"ws://127.0.0.1:{server.port}/twilio/media", auth_token=TOKEN) for _ in range(3)]
+    for sim in sims:  # calls the key placed (POST /v1/calls records them so)
+        await on_server(
+            state.store.merge_call(sim.call_sid, {"status": "queued"}, provider="twilio", now=time.time())
+        )
+        await on_server(state.store.keys.set_owner("calls", sim.call_sid, view["id"]))
+
+    def live_calls() -> set[str]:
+        return {s.owner_key for s in state.sessions.live.values() if s.owner_key == view["id"]}
+
+    first, second, third = sims
+    async with first:
+        await first.wait_for(lambda: live_calls() == {view["id"]}, timeout=20)
+        async with second:  # over the key's one session at once: the stream is closed, the call not served
+            await second.wait_closed(timeout=20)
+        assert sum(s.owner_key == view["id"] for s in state.sessions.live.values()) == 1
+    await first.wait_closed(timeout=20)
+    async with third:  # the first call's place was given back
+        await third.wait_for(lambda: live_calls() == {view["id"]}, timeout=20)

@@ -18,6 +18,7 @@ __all__ = [
     "check_job",
     "current_principal",
     "limiter_of",
+    "owned_session_over",
     "session_over",
     "too_many",
 ]
@@ -38,6 +39,22 @@ async def session_over(conn: Any, session: Any) -> Over | None:
     session.usage.key_id = principal.key_id  # usage goes to the key, an admin-scoped key's too
     limiter = limiter_of(conn)
     return None if limiter is None else await limiter.admit_session(principal, session)
+
+
+async def owned_session_over(conn: Any, state: Any, session: Any) -> Over | None:
+    """Admit a session a key owns without having opened it itself (a phone call the key placed: the media
+    stream is Twilio's, signed, with no key of its own) under that key's limits, read from storage."""
+    from gateway.keys.registry import principal_from_row
+
+    limiter = limiter_of(conn)
+    if limiter is None or session.owner_key is None or state.store is None:
+        return None
+    row = await state.store.keys.get(session.owner_key)
+    if row is None:
+        return None
+    principal = principal_from_row(row)
+    session.usage.key_id = principal.key_id
+    return await limiter.admit_session(principal, session)
 
 
 async def admit_session(conn: Any, session: Any) -> None:
