@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from gateway.app import all_routes
 from gateway.auth import ANY_KEY, PUBLIC, ROUTE_SCOPES, SIGNED, public_if, route_scope
 from gateway.principal import SCOPES
+from tests.test_http_guard import _flow
 from tests.test_keys import ADMIN_TOKEN, Platform
 
 PARAM = re.compile(r"{([^}:]+)(?::[^}]+)?}")
@@ -34,18 +35,6 @@ RESOURCE_PARAMS = {
     "video_id": "jobs",
     "conversation_id": "chats",
 }
-
-
-def _flow(flow_id: str) -> dict[str, Any]:
-    return {
-        "id": flow_id,
-        "name": flow_id,
-        "start": "hello",
-        "nodes": [
-            {"id": "hello", "type": "say", "text": "Hello.", "next": "bye"},
-            {"id": "bye", "type": "end"},
-        ],
-    }
 
 
 @dataclass
