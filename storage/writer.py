@@ -96,8 +96,11 @@ class WriteQueue:
                         # SQLAlchemy prepares parameters on the event loop: small chunks keep each step short.
                         for start in range(0, len(rows), CHUNK_ROWS):
                             await conn.execute(self._upsert_statement(name), rows[start : start + CHUNK_ROWS])
-            except Exception:
-                self.failures += 1
+            except BaseException as exc:
+                # Cancelled too (a shutdown's close() cancels the periodic flush mid-write): the batch was taken
+                # off the queue, so it goes back, or the session ends a shutdown writes are lost.
+                if isinstance(exc, Exception):
+                    self.failures += 1
                 self._requeue(batch)
                 raise
             self.written += sum(len(rows) for rows in batch.values())

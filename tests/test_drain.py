@@ -19,7 +19,7 @@ from tests.voxgate_process import VoxgateProcess
 pytestmark = pytest.mark.slow
 
 QUESTION = "What is the capital of France?"
-GOODBYE = "We are restarting now. Goodbye."
+GOODBYE = "The gateway is going down for maintenance. Please call back later. Goodbye."
 
 
 async def _poll(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -34,6 +34,7 @@ async def test_sigterm_drains_a_live_voice_session(tmp_path: Path, runtime) -> N
         "VOXGATE_LLM_MAX_TOKENS": "16",
         "VOXGATE_DRAIN_TIMEOUT_S": "2",
         "VOXGATE_DRAIN_GOODBYE": GOODBYE,
+        "VOXGATE_LOG_LEVEL": "info",
     }
     server = VoxgateProcess(tmp_path, env).start()
     try:

@@ -281,3 +281,39 @@ async def test_flow_versions(db_url: str) -> None:
         assert await store.get_flow("booking") is None
     finally:
         await store.close()
+
+
+async def test_a_periodic_write_cut_short_by_close_loses_nothing(db_url: str) -> None:
+    """A shutdown's close() cancels the periodic write; rows that write had taken must still be stored."""
+    import contextlib
+
+    store = await Store.open(db_url, write_interval_s=0.05)
+    engine = store.writer.engine
+    entered = asyncio.Event()
+    stall = True
+
+    class StallingEngine:
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(engine, name)
+
+        @contextlib.asynccontextmanager
+        async def begin(self):  # type: ignore[no-untyped-def]
+            async with engine.begin() as conn:
+                if stall:
+                    entered.set()
+                    await asyncio.sleep(3600)  # until close() cancels the write
+                yield conn
+
+    store.writer.engine = StallingEngine()
+    store.writer.upsert(
+        "sessions", session_row("s-cut", 100.0, close_reason="server_shutdown", closed_at=101.0)
+    )
+    await asyncio.wait_for(entered.wait(), 5)  # the periodic write took the row and is mid-transaction
+    stall = False
+    await store.close()
+    again = await Store.open(db_url)
+    try:
+        stored = await again.get_session("s-cut")
+    finally:
+        await again.close()
+    assert stored is not None and stored["close_reason"] == "server_shutdown"
