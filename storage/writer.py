@@ -97,8 +97,8 @@ class WriteQueue:
                         for start in range(0, len(rows), CHUNK_ROWS):
                             await conn.execute(self._upsert_statement(name), rows[start : start + CHUNK_ROWS])
             except BaseException as exc:
-                # Cancelled too (a shutdown's close() cancels the periodic flush mid-write): the batch was taken
-                # off the queue, so it goes back, or the session ends a shutdown writes are lost.
+                # Cancelled too (close() waits for a write in progress, but a task may be cancelled by others):
+                # the batch was taken off the queue, so it goes back rather than being lost.
                 if isinstance(exc, Exception):
                     self.failures += 1
                 self._requeue(batch)
@@ -107,7 +107,10 @@ class WriteQueue:
             self.last_flush_s = time.perf_counter() - started
 
     async def close(self) -> None:
-        await cancel_and_wait(self._task)
+        # The periodic write is never cut mid-transaction: a cancelled aiosqlite write leaves its connection
+        # holding SQLite's lock, and the final flush then failed with "database is locked" for 30 s.
+        async with self._lock:
+            await cancel_and_wait(self._task)
         self._task = None
         for attempt in range(3):
             try:

@@ -283,14 +283,14 @@ async def test_flow_versions(db_url: str) -> None:
         await store.close()
 
 
-async def test_a_periodic_write_cut_short_by_close_loses_nothing(db_url: str) -> None:
-    """A shutdown's close() cancels the periodic write; rows that write had taken must still be stored."""
+async def test_close_lets_a_periodic_write_in_progress_finish(db_url: str) -> None:
+    """A shutdown's close() must not cut the periodic write short: its rows were taken off the queue (lost if
+    cancelled), and a cancelled SQLite write kept the database locked against the final flush."""
     import contextlib
 
     store = await Store.open(db_url, write_interval_s=0.05)
     engine = store.writer.engine
-    entered = asyncio.Event()
-    stall = True
+    entered, release = asyncio.Event(), asyncio.Event()
 
     class StallingEngine:
         def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
@@ -299,9 +299,9 @@ async def test_a_periodic_write_cut_short_by_close_loses_nothing(db_url: str) ->
         @contextlib.asynccontextmanager
         async def begin(self):  # type: ignore[no-untyped-def]
             async with engine.begin() as conn:
-                if stall:
+                if not entered.is_set():
                     entered.set()
-                    await asyncio.sleep(3600)  # until close() cancels the write
+                    await release.wait()
                 yield conn
 
     store.writer.engine = StallingEngine()
@@ -309,11 +309,15 @@ async def test_a_periodic_write_cut_short_by_close_loses_nothing(db_url: str) ->
         "sessions", session_row("s-cut", 100.0, close_reason="server_shutdown", closed_at=101.0)
     )
     await asyncio.wait_for(entered.wait(), 5)  # the periodic write took the row and is mid-transaction
-    stall = False
-    await store.close()
+    closing = asyncio.create_task(store.close())
+    store.writer.upsert("sessions", session_row("s-late", 102.0))  # queued while the write is in progress
+    await asyncio.sleep(0.3)
+    assert not closing.done()  # it waits for the write rather than cancelling it
+    release.set()
+    await asyncio.wait_for(closing, 10)
     again = await Store.open(db_url)
     try:
-        stored = await again.get_session("s-cut")
+        cut, late = await again.get_session("s-cut"), await again.get_session("s-late")
     finally:
         await again.close()
-    assert stored is not None and stored["close_reason"] == "server_shutdown"
+    assert cut is not None and cut["close_reason"] == "server_shutdown" and late is not None
