@@ -21,29 +21,37 @@ A pure ASGI middleware, so that a body is counted while it streams in rather tha
 HTTP refusals are ``{"detail": ...}`` answers. A refused WebSocket is accepted, sent one ``error`` event and
 closed with 1008, like the voice route's own refusals: a browser's script sees neither an HTTP status nor a
 body on a failed upgrade, only "connection failed".
+
+The Host and Origin policies of steps 1 and 2, and the CORS answers for ``allowed_origins``, are in
+gateway/http_origin.py.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import NamedTuple
-from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import Auth
+from gateway.http_origin import (
+    HostPolicy,
+    Origin,
+    OriginPolicy,
+    is_preflight,
+    parse_origin,
+    preflight_answer,
+    with_cors,
+)
 from gateway.settings import Settings
 
 log = logging.getLogger("voxgate.edge")
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # Bodies that are forms or SDP, not JSON documents: Twilio's webhooks and WebRTC offers.
 SMALL_BODY_PATHS = frozenset({"/twilio/voice", "/twilio/status", "/v1/webrtc/offer", "/v1/realtime/calls"})
 # Routes that take an SDP offer (raw or multipart, not JSON): the Realtime API's WebRTC call, to which a browser
@@ -64,9 +72,6 @@ UPLOAD_PATHS = frozenset(
 # media_max_upload_mb. The studio API's /image/ and /video/ routes are guarded like /v1/ (key, JSON).
 MEDIA_UPLOAD_PATHS = frozenset({"/image/edit", "/video/image-to-video", "/v1/images/edits", "/v1/videos"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-CORS_METHODS = "GET, POST, PUT, PATCH, DELETE"
-CORS_HEADERS = "Authorization, Content-Type"
 CLOSE_POLICY = 1008
 QUOTE_CHARS = 80  # refusals quote at most this much of what they refuse
 
@@ -88,98 +93,8 @@ class Refusal:
         return JSONResponse(body, status_code=self.status, headers=dict(self.headers))
 
 
-class Origin(NamedTuple):
-    scheme: str
-    host: str
-    port: int
-
-    def serialize(self) -> str:
-        default = DEFAULT_PORTS.get(self.scheme)
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}" + ("" if self.port == default else f":{self.port}")
-
-
-def parse_origin(value: str) -> Origin | None:
-    """``https://App.example.com`` -> ('https', 'app.example.com', 443); None for ``null`` or junk."""
-    try:
-        parts = urlsplit(value.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-        return None
-    return Origin(parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme])
-
-
-def split_host(value: str) -> tuple[str, int | None] | None:
-    """A ``Host`` header as (lower-case name, port): ``[::1]:8000`` -> ('::1', 8000); None when malformed."""
-    try:
-        parts = urlsplit(f"//{value.strip()}")
-        port = parts.port
-    except ValueError:
-        return None
-    return (parts.hostname, port) if parts.hostname else None
-
-
 def _quote(value: str) -> str:
     return repr(value if len(value) <= QUOTE_CHARS else value[:QUOTE_CHARS] + "...")
-
-
-def _is_loopback(bind_host: str) -> bool:
-    if bind_host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(bind_host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class HostPolicy:
-    """Which ``Host`` names are answered: ``allowed_hosts``, else on a loopback bind only loopback names (plus
-    ``public_url``'s, for a tunnel that keeps the public name), else any."""
-
-    def __init__(self, allowed_hosts: list[str], bind_host: str, public_url: str | None) -> None:
-        names = {name.strip().lower() for name in allowed_hosts if name.strip()}
-        if not names and _is_loopback(bind_host):
-            names = set(LOOPBACK_NAMES)
-        public = parse_origin(public_url) if public_url else None
-        if names and public is not None:
-            names.add(public.host)
-        self.any = not names or "*" in names
-        self.names = frozenset(n.strip("[]") for n in names if not n.startswith("*."))
-        self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))
-
-    def allows(self, host_header: str | None) -> bool:
-        if self.any or host_header is None:  # no Host: not a browser, so not DNS rebinding
-            return True
-        parsed = split_host(host_header)
-        if parsed is None:
-            return False
-        name = parsed[0]
-        return name in self.names or name.endswith(self.suffixes)
-
-
-class OriginPolicy:
-    """Which web pages may call: this server's own origin, ``public_url``'s, and ``allowed_origins``."""
-
-    def __init__(self, allowed_origins: list[str], public_url: str | None) -> None:
-        self.any = "*" in allowed_origins
-        listed = {parse_origin(o) for o in allowed_origins if o != "*"}
-        self.listed = frozenset(o for o in listed if o is not None)
-        public = parse_origin(public_url) if public_url else None
-        self.own = frozenset({public} if public is not None else set())
-
-    def is_same_origin(self, origin: Origin, host_header: str | None) -> bool:
-        if origin in self.own:
-            return True
-        host = split_host(host_header) if host_header else None
-        if host is None:
-            return False
-        # A Host without a port names the scheme's default: behind a TLS proxy the page is https, we see http.
-        return host[0] == origin.host and (host[1] or DEFAULT_PORTS[origin.scheme]) == origin.port
-
-    def allows_cross_origin(self, origin: Origin) -> bool:
-        return self.any or origin in self.listed
 
 
 def _has_body(headers: Headers) -> bool:
@@ -308,8 +223,8 @@ class HttpGuard:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         refusal, cross_origin = self._browser_refusal(scope, headers)
-        if refusal is None and cross_origin is not None and _is_preflight(scope, headers):
-            await _preflight_answer(cross_origin)(scope, receive, send)
+        if refusal is None and cross_origin is not None and is_preflight(scope, headers):
+            await preflight_answer(cross_origin)(scope, receive, send)
             return
         if refusal is None:
             refusal = await self._authorize(scope)
@@ -319,7 +234,7 @@ class HttpGuard:
         if refusal is None:
             refusal = _declared_length_refusal(headers, limit, setting)
         if cross_origin is not None:
-            send = _with_cors(send, cross_origin)
+            send = with_cors(send, cross_origin)
         if refusal is not None:
             await refusal.response()(scope, receive, send)
             return
@@ -398,38 +313,6 @@ def _declared_length_refusal(headers: Headers, limit: int, setting: str) -> Refu
     if not (declared.isascii() and declared.isdigit()):
         return Refusal(400, "bad_request", "Content-Length is not a number")
     return _too_large(limit, setting) if int(declared) > limit else None
-
-
-def _is_preflight(scope: Scope, headers: Headers) -> bool:
-    return scope["method"] == "OPTIONS" and "access-control-request-method" in headers
-
-
-def _preflight_answer(origin: Origin) -> Response:
-    return Response(
-        status_code=204,
-        headers={
-            "access-control-allow-origin": origin.serialize(),
-            "access-control-allow-methods": CORS_METHODS,
-            "access-control-allow-headers": CORS_HEADERS,
-            "access-control-max-age": "600",
-            "vary": "Origin",
-        },
-    )
-
-
-def _with_cors(send: Send, origin: Origin) -> Send:
-    """``send`` that lets a page from ``origin`` read the answer (no cookies are used, so no credentials)."""
-
-    async def cors_send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            extra = [
-                (b"access-control-allow-origin", origin.serialize().encode("latin-1")),
-                (b"vary", b"Origin"),
-            ]
-            message = {**message, "headers": [*message.get("headers", []), *extra]}
-        await send(message)
-
-    return cors_send
 
 
 def edge_middleware(settings: Settings, auth: Auth) -> list[Middleware]:
