@@ -35,10 +35,7 @@ async def session_over(conn: Any, session: Any) -> Over | None:
     :meth:`Limiter.admit_session`); the limit it is over, if any."""
     from gateway.principal import principal_of
 
-    principal = principal_of(conn)
-    session.usage.key_id = principal.key_id  # usage goes to the key, an admin-scoped key's too
-    limiter = limiter_of(conn)
-    return None if limiter is None else await limiter.admit_session(principal, session)
+    return await _admit(limiter_of(conn), principal_of(conn), session)
 
 
 async def owned_session_over(conn: Any, state: Any, session: Any) -> Over | None:
@@ -52,9 +49,14 @@ async def owned_session_over(conn: Any, state: Any, session: Any) -> Over | None
     row = await state.store.keys.get(session.owner_key)
     if row is None:
         return None
-    principal = principal_from_row(row)
-    session.usage.key_id = principal.key_id
-    return await limiter.admit_session(principal, session)
+    return await _admit(limiter, principal_from_row(row), session)
+
+
+async def _admit(limiter: Limiter | None, principal: Any, session: Any) -> Over | None:
+    """Bill ``session`` to ``principal``'s key, then admit it under that key's limits (none without a
+    limiter); the limit it is over, if any."""
+    session.usage.key_id = principal.key_id  # usage goes to the key, an admin-scoped key's too
+    return None if limiter is None else await limiter.admit_session(principal, session)
 
 
 async def admit_session(conn: Any, session: Any) -> None:
