@@ -2,6 +2,10 @@
 
 Transports feed it (``push_audio``, ``submit_text``, ``dtmf``, ``ack_played``...) and drain its ``outbox``;
 they know nothing of models. Engines are reached only through the shared ``Runtime`` workers.
+
+The session itself holds the lifecycle (start, the idle watchdog, the close sequence), the public API and
+inspection; the work is done by its rooms: the listener (caller side), turn-taking (what the caller's speech
+events mean, :mod:`pipeline.turn_taking`), the answers, the conversation and the output clock.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pipeline.session_config import SessionConfig as SessionConfig
 from pipeline.session_config import SessionError as SessionError
 from pipeline.session_config import SessionRecorder
 from pipeline.session_config import VadConfig as VadConfig
-from pipeline.text import only_fillers
+from pipeline.turn_taking import TurnTaking
 from pipeline.usage import UsageCounters
 
 log = logging.getLogger("voxgate.session")
@@ -78,11 +82,11 @@ class Session:
         self._in_bytes_per_s = config.input_rate * (1 if config.input_encoding == "mulaw" else 2)
         # The caller's language picks the voice and the answer's language (multilingual STT only).
         self.language_router = LanguageRouter(runtime.stt, runtime.tts, config, self.conversation, self.emit)
-        self._overlapped_agent = False  # the open utterance began while the agent spoke
         self.auto_answer = True  # False: turns are recorded and kept, answered when asked (Realtime)
         self.answer_options: dict[str, Any] = {}  # Answer keywords for its own answers (speak=False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._agent_steps = AgentSteps(self.spawn, self.error)
+        self.turn_taking = TurnTaking(self, self._agent_steps)  # what the listener's events mean
         self._loops: list[asyncio.Task[None]] = []
         self.last_activity = time.monotonic()
         self.closed = asyncio.Event()
@@ -181,12 +185,7 @@ class Session:
     async def submit_text(self, text: str) -> None:
         """A typed user turn: interrupts the agent if it is speaking, then gets an answer."""
         self.last_activity = time.monotonic()
-        await self._cancel_speculation()
-        await self.answers.interrupt("typed", resumable=False)
-        self.answers.resumable = None
-        turn = TurnRecord(new_id("turn"), "text", text)
-        await self.emit(events.TranscriptFinal(turn.turn_id, text, "text"))
-        await self._begin_turn(turn)
+        await self.turn_taking.typed_turn(text)
 
     async def commit_input(self) -> None:
         """The client says the caller's turn is over now."""
@@ -234,86 +233,30 @@ class Session:
                 setattr(self.config.vad, key, value)
             self.listener.vad_changed()
 
-    def _agent_speaking(self) -> bool:
-        return self.answers.current is not None
-
-    # -- what the listener tells the session (ListenerHooks) ------------------------------------------------
+    # -- what the listener tells the session (ListenerHooks): the turn policy decides ------------------------
+    # The listener's hooks are the session's, so that a subclass may override one (gateway/realtime does).
 
     async def on_speech_started(self) -> None:
-        self._overlapped_agent = self._agent_speaking()
-        if self.agent is not None:
-            self.agent.caller_active()
-        await self.emit(events.SpeechStarted())
+        await self.turn_taking.on_speech_started()
 
     async def on_interrupt(self) -> None:
-        if self._agent_speaking():
-            self._overlapped_agent = False
-            await self.answers.interrupt("barge_in", resumable=True)
+        await self.turn_taking.on_interrupt()
 
     async def on_paused(self, audio: bytes) -> None:
-        await self.emit(events.SpeechStopped())
-        await self._cancel_speculation()
-        if not (self._overlapped_agent and self._agent_speaking()):
-            self.listener.transcribe_early(audio)
+        await self.turn_taking.on_paused(audio)
 
     async def on_speech_resumed(self) -> None:
-        await self._cancel_speculation()  # the caller went on: that guess at the turn is stale
-        await self.emit(events.SpeechStarted())
+        await self.turn_taking.on_speech_resumed()
 
     async def on_early_transcript(self, text: str, speech_end: float) -> None:
-        """Start the answer on hold while the end-of-turn silence runs.
-
-        The held answer's text and audio reach the caller only when the turn really ends; if the caller
-        goes on speaking it is dropped unseen. On 2 cores this takes STT and the first LLM tokens off the
-        critical path.
-        """
-        speculate = self.config.speculative_response and self.agent is None and self.auto_answer
-        # A turn in another language is answered after the switch (voice, instructions), never on a guess.
-        speculate = speculate and not self.language_router.would_switch(self.listener.language, text)
-        if speculate and self.answers.current is None and not only_fillers(text):
-            turn = TurnRecord(new_id("turn"), "voice", text)
-            turn.timings["stt_ms"] = self.listener.stt_ms
-            messages = self.conversation.context(next_user=text)
-            await self.answers.start(turn, messages, speech_end=speech_end, held=True, **self.answer_options)
+        await self.turn_taking.on_early_transcript(text, speech_end)
 
     async def on_turn_end(self, audio: bytes) -> None:
-        overlapped, self._overlapped_agent = self._overlapped_agent, False
-        if overlapped and self._agent_speaking():
-            # Speech shorter than min_interrupt_ms over the agent: not a turn, not an interruption.
-            await self._cancel_speculation()
-            return
-        try:
-            text = await self.listener.final_text(audio)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("transcription failed")
-            await self._cancel_speculation()
-            await self.error("stt_failed", f"transcription failed: {exc}")
-            await self._say_fallback(self.config.unheard_reply)
-            return
-        held = self.answers.take_held()
-        if only_fillers(text):
-            # No words ("", "Hmm.", "Mm-hmm"): a cough or a backchannel is not a turn, and must not
-            # leave the agent silent if it barged in.
-            await self.answers.drop(held)
-            await self.answers.resume()
-            return
-        self.answers.resumable = None
-        if held is not None and held.turn.user_text == text:
-            await self.emit(events.TranscriptFinal(held.turn.turn_id, text, "voice"))
-            await self._commit_held(held)
-            return
-        await self.answers.drop(held)
-        turn = TurnRecord(new_id("turn"), "voice", text)
-        turn.timings["stt_ms"] = self.listener.stt_ms
-        await self.emit(events.TranscriptFinal(turn.turn_id, text, "voice"))
-        await self.language_router.follow(self.listener.language, text)
-        await self._begin_turn(turn, speech_end=self.listener.speech_end)
+        await self.turn_taking.on_turn_end(audio)
 
     async def _cancel_speculation(self) -> None:
-        self.listener.cancel_early()
-        await self.answers.drop(self.answers.take_held())
+        # Kept for subclasses: the Realtime session clears an open utterance with it.
+        await self.turn_taking.cancel_speculation()
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -327,18 +270,6 @@ class Session:
         """The response the caller is hearing (or about to), if any."""
         return self.answers.current.response if self.answers.current is not None else None
 
-    async def _begin_turn(self, turn: TurnRecord, speech_end: float | None = None) -> None:
-        self.turns.append(turn)
-        self.record(turn)
-        if self.agent is not None:
-            self.agent.caller_active()
-            self._agent_steps.give_turn(self.agent, turn)
-            return
-        self.conversation.add_user(turn.user_text)
-        if self.auto_answer:
-            options = self.answer_options
-            await self.answers.start(turn, self.conversation.context(), speech_end=speech_end, **options)
-
     async def speak(self, turn: TurnRecord, text: str) -> Response:
         """Say ``text`` as the agent's answer to ``turn`` (no LLM): streamed, paced and interruptible like
         any answer. ``response.finished`` is set once the caller has heard it, or it was cut or dropped."""
@@ -351,14 +282,6 @@ class Session:
     def agent_step(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run one agent step after the ones before it (see :class:`AgentSteps`)."""
         self._agent_steps.run(coro)
-
-    async def _commit_held(self, answer: Answer) -> None:
-        """The turn ended as guessed: the held answer becomes the real one, with everything it made so far."""
-        await self.answers.drop(self.answers.current)
-        self.turns.append(answer.turn)
-        self.record(answer.turn)
-        self.conversation.add_user(answer.turn.user_text)
-        await self.answers.commit(answer)
 
     # -- what answers tell the session (AnswerOwner) --------------------------------------------------------
 
@@ -382,13 +305,7 @@ class Session:
             self.pacer.flush()
             self.answers.current = None
         if not answer.fixed_text and self.agent is None:  # a failed fallback is not followed by another
-            await self._say_fallback(self.config.failed_reply)
-
-    async def _say_fallback(self, text: str) -> None:
-        """An engine failed (the error event told the client): tell the caller too, rather than leave them in
-        silence, and go on listening. Only where the session answers by itself."""
-        if text and self.auto_answer and not self.closed.is_set():
-            await self.speak(TurnRecord(new_id("turn"), "voice", ""), text)
+            await self.turn_taking.say_fallback(self.config.failed_reply)
 
     def _on_release(self, response_id: str, ms: float, payload: bytes) -> None:
         self.usage.audio_out_s += ms / 1000
