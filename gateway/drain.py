@@ -3,10 +3,12 @@
 uvicorn's own SIGTERM handling closes every WebSocket at once (code 1012): a caller mid-sentence hears the line
 go dead. ``DrainingServer`` turns the first SIGTERM into a drain instead:
 
-1. readiness turns false (``/health/ready`` answers 503) and new sessions are refused (``server_draining``);
-2. live sessions and calls go on, up to ``drain_timeout_s``, so that a load balancer's replacement takes the
-   new ones while these end by themselves;
+1. readiness turns false (``/health/ready`` answers 503) and new sessions are refused (``server_draining``), and
+   so are new requests to a :class:`Drained` endpoint (HTTP chat: 503, code ``server_draining``);
+2. live sessions and calls go on, and so do the Drained requests in flight (a chat answer being streamed), up to
+   ``drain_timeout_s``, so that a load balancer's replacement takes the new ones while these end by themselves;
 3. what is left finishes the answer it is speaking, hears ``drain_goodbye`` and is closed (``server_shutdown``);
+   a chat request's conversation finishes its answer and is closed, without a goodbye (nobody hears it);
 4. uvicorn then shuts down, and the app's shutdown flushes storage, recordings and webhooks; the process exits 0.
 
 A second SIGTERM (or a SIGINT) skips what is left of the drain.
@@ -19,10 +21,16 @@ import contextlib
 import logging
 import signal
 import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import request_response
+from starlette.types import Receive, Scope, Send
 
 from pipeline.conversation import TurnRecord
 from pipeline.response import new_id
@@ -55,21 +63,107 @@ async def farewell(session: Session, goodbye: str) -> None:
     await session.wait_closed()
 
 
+class HeldRequest:
+    """One HTTP request in flight that the drain waits for, from its start to its response's last byte."""
+
+    def __init__(self) -> None:
+        # Set once the request knows what it is waiting on (a chat's conversation): how the drain's timeout
+        # ends it kindly. Until then the timeout can only wait for it.
+        self.end: Callable[[], Awaitable[None]] | None = None
+        self.done = asyncio.Event()
+
+
+class HeldRequests:
+    """The app's :class:`Drained` requests in flight."""
+
+    def __init__(self) -> None:
+        self.held: set[HeldRequest] = set()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[HeldRequest]:
+        held = HeldRequest()
+        self.held.add(held)
+        try:
+            yield held
+        finally:
+            self.held.discard(held)
+            held.done.set()
+
+
+# Per app, beside its AppState rather than on it: only the drain and Drained endpoints use it.
+_HELD: weakref.WeakKeyDictionary[AppState, HeldRequests] = weakref.WeakKeyDictionary()
+_HELD_KEY = "voxgate.held_request"
+
+
+def held_requests(state: AppState) -> HeldRequests:
+    """The app's Drained requests in flight."""
+    found = _HELD.get(state)
+    if found is None:
+        found = _HELD[state] = HeldRequests()
+    return found
+
+
+def held_request(request: Request) -> HeldRequest | None:
+    """The hold on ``request`` (None outside a Drained endpoint): set its ``end``."""
+    held: HeldRequest | None = request.scope.get(_HELD_KEY)
+    return held
+
+
+class Drained:
+    """An HTTP endpoint whose requests the drain lets finish, as it does live sessions (an ASGI app for a
+    ``Route``). A request is held from its start to its response's last byte, a streamed answer's included,
+    which the endpoint function's own scope cannot cover; once the drain has begun new ones get 503
+    ``{"detail", "code": "server_draining"}``."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.__name__ = endpoint.__name__  # the route's name, as for the function itself
+        self._app = request_response(endpoint)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: AppState = scope["app"].state.voxgate
+        if state.draining:
+            refusal = {"detail": "the gateway is shutting down; send it again", "code": "server_draining"}
+            await JSONResponse(refusal, status_code=503)(scope, receive, send)
+            return
+        with held_requests(state).hold() as held:
+            scope[_HELD_KEY] = held
+            await self._app(scope, receive, send)
+
+
+async def _end_request(held: HeldRequest) -> None:
+    if held.end is not None:
+        await held.end()
+    # The response's last bytes go out before uvicorn shuts down, which would cut them after its grace period.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(held.done.wait(), FAREWELL_WAIT_S)
+
+
 async def drain(state: AppState, timeout_s: float, goodbye: str) -> None:
-    """Refuse new sessions, wait up to ``timeout_s`` for the live ones to end, then close the rest kindly."""
+    """Refuse new sessions and requests, wait up to ``timeout_s`` for the live ones and those in flight to end,
+    then close the rest kindly."""
     state.draining = True
     live = state.sessions.live
-    log.info("draining: %d live sessions, up to %.0f s; new sessions are refused", len(live), timeout_s)
+    requests = held_requests(state).held
+    log.info(
+        "draining: %d live sessions and %d HTTP chat requests, up to %.0f s; new ones are refused",
+        len(live),
+        len(requests),
+        timeout_s,
+    )
     deadline = time.monotonic() + timeout_s
-    while live and time.monotonic() < deadline:
+    while (live or requests) and time.monotonic() < deadline:
         await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-    left = list(live.values())
-    if left:
-        log.info("drain timeout: saying goodbye to %d sessions", len(left))
-        results = await asyncio.gather(*(farewell(s, goodbye) for s in left), return_exceptions=True)
-        for session, result in zip(left, results, strict=True):
+    left, pending = list(live.values()), list(requests)
+    if left or pending:
+        log.info("drain timeout: saying goodbye to %d sessions, ending %d requests", len(left), len(pending))
+        ends: list[Awaitable[Any]] = [*(farewell(s, goodbye) for s in left), *map(_end_request, pending)]
+        results = await asyncio.gather(*ends, return_exceptions=True)
+        for session, result in zip(left, results, strict=False):
             if isinstance(result, BaseException):
                 log.error("session %s: the farewell failed", session.id, exc_info=result)
+        for result in results[len(left) :]:
+            if isinstance(result, BaseException):
+                log.error("ending an HTTP chat request failed", exc_info=result)
     log.info("drained")
 
 

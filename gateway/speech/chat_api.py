@@ -6,7 +6,9 @@
   or a multipart ``file``; any format ffmpeg reads), answered with the reply's text and audio (base64, timed).
 - ``GET /v1/chat/{id}``: the conversation's history; ``DELETE /v1/chat/{id}`` ends it.
 
-A new conversation's id is its session's id: ``GET /v1/sessions/{id}`` shows its stored turns.
+A new conversation's id is its session's id: ``GET /v1/sessions/{id}`` shows its stored turns. A turn's
+conversation, its run and its JSON are :mod:`gateway.speech.chat_turns`'. On SIGTERM a turn in progress
+finishes within the drain, and new ones are refused (503, ``server_draining``; :mod:`gateway.drain`).
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from gateway.agent.flow_agent import FlowNotAvailable, load_stored_flow
 from gateway.api_common import app_state, parse_body, validation_detail
 from gateway.auth import principal_of, scoped
+from gateway.drain import Drained
 from gateway.keys.ownership import owns
 from gateway.speech import piper_api
-from gateway.speech.conversations import ChatConversation, ConversationsFull, TurnResult, registry
+from gateway.speech.chat_turns import failure, open_conversation, reply_json, run_turn, turn_timeout
+from gateway.speech.conversations import ChatConversation, TurnResult, registry
 from gateway.speech.decode import (
     AudioTooLong,
     UndecodableAudio,
@@ -46,13 +49,6 @@ from pipeline.runtime import Runtime
 
 MAX_MESSAGE_CHARS = 4000
 MAX_AUDIO_S = 60.0  # a voice turn longer than a minute is not a turn
-# Flow errors a client can fix (404/422) apart from the ones it cannot (the store is down).
-_FLOW_STATUS = {
-    "unknown_flow": 404,
-    "invalid_flow_version": 422,
-    "invalid_flow": 400,
-    "flow_unavailable": 503,
-}
 
 
 class ChatRequest(BaseModel):
@@ -99,113 +95,6 @@ class VoiceChatRequest(BaseModel):
         return self
 
 
-# -- conversations ------------------------------------------------------------------------------------------
-
-
-def _is_multipart(content_type: str) -> bool:
-    return content_type.split(";", 1)[0].strip().lower() == "multipart/form-data"
-
-
-def _turn_timeout(request: Request) -> float:
-    return app_state(request).settings.speech.chat_turn_timeout_s
-
-
-async def _run(
-    conversation: ChatConversation, act: Callable[[], Awaitable[None]], timeout: float
-) -> TurnResult:
-    result = TurnResult()
-    try:
-        async with contextlib.aclosing(conversation.exchange(act, timeout)) as events:
-            async for event in events:
-                result.add(event)
-    except TimeoutError:
-        raise HTTPException(504, f"the agent produced nothing for {timeout:g} s") from None
-    return result
-
-
-async def open_conversation(
-    request: Request, conversation_id: str | None, flow: str | None, flow_version: int | None
-) -> tuple[ChatConversation, TurnResult | None]:
-    """The conversation a request continues (404 if unknown or ended), or a new one and its greeting (a
-    flow's first words; None without a flow)."""
-    state = app_state(request)
-    if not state.ready.is_set() or state.runtime is None:
-        raise HTTPException(503, "models are still loading; try again shortly")
-    conversations = registry(request)
-    if conversation_id is not None:
-        conversation = conversations.get(conversation_id)
-        if conversation is None or not owns(principal_of(request), conversation.session.owner_key):
-            raise HTTPException(
-                404,
-                f"no open conversation {conversation_id[:64]!r}: it never existed, or ended (a flow's end, "
-                f"or {conversations.idle_timeout_s:g} s idle); omit conversation_id to start a new one",
-            )
-        if flow is not None and flow != conversation.flow_id:
-            raise HTTPException(
-                400, f"conversation {conversation_id!r} runs flow {conversation.flow_id!r}, not {flow!r}"
-            )
-        return conversation, None
-    loaded = None
-    if flow is not None:
-        try:
-            version = str(flow_version) if flow_version else None
-            loaded = await load_stored_flow(state, flow, version, owner=principal_of(request).owner)
-        except FlowNotAvailable as exc:
-            raise HTTPException(_FLOW_STATUS.get(exc.code, 400), exc.message) from None
-    client = request.client
-    try:
-        conversation = await conversations.create(
-            state, loaded, f"{client.host}:{client.port}" if client else None
-        )
-    except ConversationsFull as exc:
-        raise HTTPException(503, str(exc)) from None
-    conversation.session.owner_key = principal_of(request).owner
-    greeting = await _run(conversation, conversation.session.start, _turn_timeout(request))
-    return conversation, greeting if loaded is not None else None
-
-
-def _llm_first_token_ms(conversation: ChatConversation, result: TurnResult) -> float | None:
-    for response_id in result.response_ids:
-        answer = conversation.session.answers.get(response_id)
-        response = answer.response if answer is not None else None
-        if response is not None and response.t_llm_start and response.t_first_token:
-            return round((response.t_first_token - response.t_llm_start) * 1000, 1)
-    return None
-
-
-def reply_json(
-    conversation: ChatConversation, result: TurnResult, greeting: TurnResult | None, started: float
-) -> dict[str, Any]:
-    session = conversation.session
-    body: dict[str, Any] = {
-        "conversation_id": conversation.id,
-        "turn_id": result.turn_id,
-        "reply": result.reply,
-        "flow_id": conversation.flow_id,
-        "ended": session.closed.is_set(),
-        "close_reason": session.close_reason,
-        "turn_count": len(session.turns),
-        "timings": {
-            "reply_ms": round((time.perf_counter() - started) * 1000, 1),
-            "llm_first_token_ms": _llm_first_token_ms(conversation, result),
-        },
-    }
-    if greeting is not None:
-        body["greeting"] = greeting.reply
-    if result.flow_events or (greeting is not None and greeting.flow_events):
-        body["flow_events"] = [*(greeting.flow_events if greeting else []), *result.flow_events]
-    if result.errors:
-        body["errors"] = result.errors
-    return body
-
-
-def _failed(result: TurnResult) -> HTTPException | None:
-    """An exchange whose answer failed in the engine (the LLM, a flow's step) and said nothing: a 500."""
-    if result.errors and not result.texts:
-        return HTTPException(500, "; ".join(e["message"] for e in result.errors))
-    return None
-
-
 # -- POST /v1/chat ------------------------------------------------------------------------------------------
 
 
@@ -217,7 +106,7 @@ async def chat(request: Request) -> Response:
     conversation, greeting = await open_conversation(
         request, body.conversation_id, body.flow, body.flow_version
     )
-    message, timeout = body.message, _turn_timeout(request)
+    message, timeout = body.message, turn_timeout(request)
 
     async def act() -> None:
         await conversation.session.submit_text(message)
@@ -228,10 +117,10 @@ async def chat(request: Request) -> Response:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
-    result = await _run(conversation, act, timeout)
-    failure = _failed(result)
-    if failure is not None:
-        raise failure
+    result = await run_turn(conversation, act, timeout)
+    failed = failure(result)
+    if failed is not None:
+        raise failed
     return JSONResponse(reply_json(conversation, result, greeting, started))
 
 
@@ -274,6 +163,10 @@ async def _sse(
 
 
 # -- POST /v1/voice-chat ------------------------------------------------------------------------------------
+
+
+def _is_multipart(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "multipart/form-data"
 
 
 async def _voice_chat_request(request: Request) -> tuple[VoiceChatRequest, np.ndarray | None] | JSONResponse:
@@ -341,10 +234,10 @@ async def voice_chat(request: Request) -> Response:
     async def act() -> None:
         await conversation.session.submit_text(message)
 
-    result = await _run(conversation, act, _turn_timeout(request))
-    failure = _failed(result)
-    if failure is not None:
-        raise failure
+    result = await run_turn(conversation, act, turn_timeout(request))
+    failed = failure(result)
+    if failed is not None:
+        raise failed
     answer = reply_json(conversation, result, greeting, started)
     answer["transcript"] = transcript
     answer["timings"]["stt_ms"] = stt_ms
@@ -395,8 +288,9 @@ async def end_conversation(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    scoped(Route("/v1/chat", chat, methods=["POST"]), "batch"),
-    scoped(Route("/v1/voice-chat", voice_chat, methods=["POST"]), "batch"),
+    # A drain lets a turn in progress finish, and refuses new ones (gateway/drain.py).
+    scoped(Route("/v1/chat", Drained(chat), methods=["POST"]), "batch"),
+    scoped(Route("/v1/voice-chat", Drained(voice_chat), methods=["POST"]), "batch"),
     scoped(Route("/v1/chat/{conversation_id}", get_conversation), "batch"),
     scoped(Route("/v1/chat/{conversation_id}", end_conversation, methods=["DELETE"]), "batch"),
 ]
