@@ -235,7 +235,14 @@ def start_server(
     port: int, env: dict[str, str] | None = None, timeout_s: float = 120
 ) -> subprocess.Popen[bytes]:
     """``voxgate serve`` on ``port`` (``env``: more VOXGATE_* settings), once it answers /health/ready."""
-    env = {**os.environ, "VOXGATE_PORT": str(port), "VOXGATE_LOG_LEVEL": "warning", **(env or {})}
+    # A bench stops its server when it is done with it: no drain to wait out (VOXGATE_DRAIN_TIMEOUT_S).
+    env = {
+        **os.environ,
+        "VOXGATE_PORT": str(port),
+        "VOXGATE_LOG_LEVEL": "warning",
+        "VOXGATE_DRAIN_TIMEOUT_S": "0",
+        **(env or {}),
+    }
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, cwd=ROOT)
     import httpx
 
