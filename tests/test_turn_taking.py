@@ -1,0 +1,160 @@
+"""Turn-taking on its own (pipeline/turn_taking.py): what the listener's events mean, with fake rooms.
+
+The session end to end is in test_session_core.py; here each decision is checked against the calls it makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pipeline import events
+from pipeline.agent_steps import AgentSteps
+from pipeline.conversation import Conversation, TurnRecord
+from pipeline.session_config import SessionConfig
+from pipeline.turn_taking import TurnTaking
+
+
+class _Answer:
+    def __init__(self, turn: TurnRecord) -> None:
+        self.turn = turn
+
+
+class _Answers:
+    """Records what turn-taking asks of the answers."""
+
+    def __init__(self) -> None:
+        self.current: _Answer | None = None
+        self.held: _Answer | None = None
+        self.resumable: Any = None
+        self.calls: list[tuple[str, Any]] = []
+
+    def take_held(self) -> _Answer | None:
+        held, self.held = self.held, None
+        return held
+
+    async def drop(self, answer: _Answer | None) -> None:
+        self.calls.append(("drop", answer))
+
+    async def interrupt(self, reason: str, resumable: bool) -> None:
+        self.calls.append(("interrupt", reason))
+        self.current = None
+
+    async def resume(self) -> None:
+        self.calls.append(("resume", None))
+
+    async def start(self, turn: TurnRecord, messages: list[Any], *, held: bool = False, **_: Any) -> _Answer:
+        answer = _Answer(turn)
+        self.calls.append(("start_held" if held else "start", turn.user_text))
+        if held:
+            self.held = answer
+        else:
+            self.current = answer
+        return answer
+
+    async def commit(self, answer: _Answer) -> None:
+        self.calls.append(("commit", answer))
+        self.current = answer
+
+
+class _Listener:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.language: str | None = None
+        self.stt_ms: float | None = 12.0
+        self.speech_end: float | None = 1.0
+        self.calls: list[str] = []
+
+    def transcribe_early(self, audio: bytes) -> None:
+        self.calls.append("transcribe_early")
+
+    def cancel_early(self) -> None:
+        self.calls.append("cancel_early")
+
+    async def final_text(self, audio: bytes) -> str:
+        self.calls.append("final_text")
+        return self.text
+
+
+class _Router:
+    def would_switch(self, language: str | None, text: str) -> bool:
+        return False
+
+    async def follow(self, language: str | None, text: str) -> None:
+        pass
+
+
+class _Owner:
+    """Just enough of a session for turn-taking."""
+
+    def __init__(self, text: str = "what time is it") -> None:
+        self.config = SessionConfig()
+        self.agent = None
+        self.auto_answer = True
+        self.answer_options: dict[str, Any] = {}
+        self.answers = _Answers()
+        self.listener = _Listener(text)
+        self.conversation = Conversation(self.config)
+        self.language_router = _Router()
+        self.turns: list[TurnRecord] = []
+        self.closed = asyncio.Event()
+        self.sent: list[events.ServerEvent] = []
+
+    def record(self, turn: TurnRecord | None = None) -> None:
+        pass
+
+    async def emit(self, event: events.ServerEvent) -> None:
+        self.sent.append(event)
+
+    async def error(self, code: str, message: str) -> None:
+        self.sent.append(events.ErrorEvent(code, message))
+
+
+def _taking(owner: _Owner) -> TurnTaking:
+    steps = AgentSteps(asyncio.create_task, owner.error)  # type: ignore[arg-type]
+    return TurnTaking(owner, steps)  # type: ignore[arg-type]
+
+
+async def test_short_speech_over_the_agent_is_no_turn() -> None:
+    owner = _Owner()
+    owner.answers.current = _Answer(TurnRecord("turn_0", "voice", "earlier"))
+    taking = _taking(owner)
+    await taking.on_speech_started()
+    await taking.on_paused(b"")
+    await taking.on_turn_end(b"")
+    assert "transcribe_early" not in owner.listener.calls and "final_text" not in owner.listener.calls
+    assert owner.turns == [] and ("interrupt", "barge_in") not in owner.answers.calls
+
+
+async def test_a_held_answer_is_committed_when_the_turn_ends_as_guessed() -> None:
+    owner = _Owner("what time is it")
+    taking = _taking(owner)
+    await taking.on_speech_started()
+    await taking.on_paused(b"")
+    assert owner.listener.calls[-1] == "transcribe_early"
+    await taking.on_early_transcript("what time is it", 1.0)
+    held = owner.answers.held
+    assert held is not None and owner.answers.calls[-1] == ("start_held", "what time is it")
+    await taking.on_turn_end(b"")
+    assert owner.answers.calls[-1] == ("commit", held)
+    assert owner.turns == [held.turn] and owner.conversation.history[-1]["content"] == "what time is it"
+    final = owner.sent[-1]
+    assert isinstance(final, events.TranscriptFinal) and final.turn_id == held.turn.turn_id
+
+
+async def test_a_different_final_transcript_drops_the_guess_and_starts_anew() -> None:
+    owner = _Owner("what time is it in Oslo")
+    taking = _taking(owner)
+    await taking.on_early_transcript("what time is it", 1.0)
+    held = owner.answers.held
+    await taking.on_turn_end(b"")
+    assert ("drop", held) in owner.answers.calls
+    assert owner.answers.calls[-1] == ("start", "what time is it in Oslo")
+    assert [t.user_text for t in owner.turns] == ["what time is it in Oslo"]
+
+
+async def test_a_wordless_utterance_resumes_the_cut_answer() -> None:
+    owner = _Owner("Mm-hmm.")
+    taking = _taking(owner)
+    await taking.on_turn_end(b"")
+    assert owner.answers.calls[-1] == ("resume", None) and owner.turns == []
