@@ -7,10 +7,14 @@ Each case is the audio a caller gave up to a pause, labelled finished or unfinis
   (unfinished), the whole clips (finished), and the OSR phone clip cut after each of its ten sentences
   (finished, 8 kHz).
 Words: the default STT engine's transcript of the case, through ``pipeline.turn_words``. Sound: Smart Turn v3.
+LM (``--lm``): LiveKit's idea with the embedded LLM (SmolLM2-135M): the log-probability of the end-of-message
+token right after the caller's words in the chat template, one forward pass over the user message.
 Prints, per source and signal, how many finished turns were judged finished (a miss costs a long wait) and how
-many unfinished ones were judged unfinished (a miss splits the caller's sentence). Writes JSON.
+many unfinished ones were judged unfinished (a miss splits the caller's sentence), and for the graded signals
+the AUC (how often a finished case scores above an unfinished one: 0.5 is chance). Writes JSON.
 
     .venv/bin/python bench/turn_end.py
+    .venv/bin/python bench/turn_end.py --lm
 """
 
 from __future__ import annotations
@@ -151,7 +155,39 @@ def recorded(vad: SileroVAD) -> list[dict]:
     return cases
 
 
-def judge(cases: list[dict], stt: WhisperSTT, turn: SmartTurn) -> None:
+class EndOfMessageLM:
+    """log10 P(<|im_end|> | "<|im_start|>user\n" + words) from the embedded GGUF model, one thread."""
+
+    def __init__(self) -> None:
+        from llama_cpp import Llama
+
+        from engines.models import smollm2_gguf_path
+
+        self.llm = Llama(
+            model_path=smollm2_gguf_path(), n_ctx=512, n_threads=1, logits_all=True, verbose=False
+        )
+        self.end = self.llm.tokenize(b"<|im_end|>", add_bos=False, special=True)[0]
+
+    def score(self, words: str) -> float:
+        # The words as Whisper wrote them, closing punctuation and all: stripping it measured no better.
+        tokens = self.llm.tokenize(f"<|im_start|>user\n{words.strip()}".encode(), add_bos=False, special=True)
+        self.llm.reset()
+        self.llm.eval(tokens)
+        logits = np.asarray(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float64)
+        logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+        return float(logp[self.end] / np.log(10))
+
+
+def auc(cases: list[dict], key: str) -> float:
+    """P(a finished case scores above an unfinished one), ties half: 0.5 is no better than chance."""
+    done = [c[key] for c in cases if c["finished"]]
+    open_ = [c[key] for c in cases if not c["finished"]]
+    if not done or not open_:
+        return float("nan")
+    return sum((d > o) + 0.5 * (d == o) for d in done for o in open_) / len(done) / len(open_)
+
+
+def judge(cases: list[dict], stt: WhisperSTT, turn: SmartTurn, lm: EndOfMessageLM | None = None) -> None:
     for case in cases:
         start = time.perf_counter()
         case["transcript"] = stt.transcribe(case["audio"]).text.strip()
@@ -160,6 +196,8 @@ def judge(cases: list[dict], stt: WhisperSTT, turn: SmartTurn) -> None:
         start = time.perf_counter()
         case["sound_prob"] = turn.complete_prob(case["audio"][-8 * 16000 :])
         case["sound_ms"] = (time.perf_counter() - start) * 1000
+        if lm is not None:
+            case["lm_logp"] = lm.score(case["transcript"])
 
 
 MIXES: dict[str, Callable[[dict], bool]] = {
@@ -197,10 +235,13 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--lm", action="store_true", help="also score the embedded LLM's end-of-message token"
+    )
     args = parser.parse_args()
     vad, stt, turn = SileroVAD(), WhisperSTT(), SmartTurn()
     cases = synthesized("piper", piper_voice()) + synthesized("espeak", espeak) + recorded(vad)
-    judge(cases, stt, turn)
+    judge(cases, stt, turn, EndOfMessageLM() if args.lm else None)
     table = score(cases)
     print(f"{'source':9} {'signal':18} {'finished judged finished':>25} {'unfinished judged unfinished':>29}")
     for source, rows in table.items():
@@ -209,6 +250,13 @@ def main() -> int:
                 f"{source:9} {name:18} {r['finished_ok']:>18.0%} of {r['n_finished']:3} "
                 f"{r['unfinished_ok']:>21.0%} of {r['n_unfinished']:3}"
             )
+    graded = ["sound_prob"] + (["lm_logp"] if args.lm else [])
+    aucs = {
+        source: {key: auc([c for c in cases if c["source"] == source], key) for key in graded}
+        for source in table
+    }
+    for source, row in aucs.items():
+        print(f"{source:9} AUC " + "  ".join(f"{key} {value:.2f}" for key, value in row.items()))
     sound_ms = sorted(c["sound_ms"] for c in cases)
     print(f"Smart Turn per call: p50 {sound_ms[len(sound_ms) // 2]:.0f} ms, max {sound_ms[-1]:.0f} ms")
     out = Path(args.out)
@@ -217,6 +265,7 @@ def main() -> int:
     record = {
         "machine": platform.processor() or platform.machine(),
         "table": table,
+        "auc": aucs,
         "sound_ms_p50": sound_ms[len(sound_ms) // 2],
         "cases": [{k: v for k, v in c.items() if k != "audio"} for c in cases],
     }
