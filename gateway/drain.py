@@ -21,7 +21,6 @@ import contextlib
 import logging
 import signal
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -90,17 +89,12 @@ class HeldRequests:
             held.done.set()
 
 
-# Per app, beside its AppState rather than on it: only the drain and Drained endpoints use it.
-_HELD: weakref.WeakKeyDictionary[AppState, HeldRequests] = weakref.WeakKeyDictionary()
 _HELD_KEY = "voxgate.held_request"
 
 
 def held_requests(state: AppState) -> HeldRequests:
     """The app's Drained requests in flight."""
-    found = _HELD.get(state)
-    if found is None:
-        found = _HELD[state] = HeldRequests()
-    return found
+    return state.held_requests
 
 
 def held_request(request: Request) -> HeldRequest | None:

@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 
 from flows import HttpTool, example_flows
 from gateway.auth import Auth
+from gateway.drain import HeldRequests
 from gateway.keys.registry import KeyRegistry
 from gateway.platform_events import PlatformEvents
 from gateway.records import StoreRecorder
@@ -45,6 +46,7 @@ class AppState:
         self.auth = Auth.for_settings(settings, KeyRegistry(lambda: self.store))  # gateway/auth.py, keys/
         self.ready = asyncio.Event()
         self.draining = False  # SIGTERM: readiness is false and new sessions are refused (gateway/drain.py)
+        self.held_requests = HeldRequests()  # HTTP chat requests in flight, which the drain lets finish
         self.load_error: str | None = None
         self.lag = LoopLagMonitor()
         self.store: Store | None = None
