@@ -48,6 +48,17 @@ class VadSettings(BaseModel):
     )
     min_interrupt_ms: int = Field(250, ge=0, le=5000, description="caller speech that interrupts the agent")
     min_speech_ms: int = Field(90, ge=0, le=2000, description="shorter speech is ignored as a click")
+    continuation_ms: int = Field(
+        1500,
+        ge=0,
+        le=10000,
+        description="caller speech that starts this soon after their turn ended, before they heard "
+        "continuation_heard_ms of the answer, continues that turn: the answer is cut, both parts are "
+        "transcribed together and answered once (0: off)",
+    )
+    continuation_heard_ms: int = Field(
+        1000, ge=0, le=5000, description="how much of the answer may have played for a turn to be continued"
+    )
 
 
 class Settings(BaseSettings, MediaSettings):

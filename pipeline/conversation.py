@@ -72,8 +72,18 @@ class Conversation:
         self.history[0] = {"role": "system", "content": content}
         self._changed()
 
-    def add_user(self, text: str) -> None:
-        self.history.append({"role": "user", "content": text})
+    def add_user(self, text: str) -> Message:
+        message: Message = {"role": "user", "content": text}
+        self.history.append(message)
+        return message
+
+    def retract(self, message: Message) -> None:
+        """Take ``message`` and everything after it out of the history (a turn the caller went on with)."""
+        for index, entry in enumerate(self.history):
+            if entry is message:
+                del self.history[index:]
+                self._changed()
+                return
 
     def add_answer(self, response: Response, text: str) -> None:
         """The whole answer, as written (cut later by :meth:`record_heard` if the caller barges in)."""

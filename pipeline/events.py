@@ -98,12 +98,22 @@ class TranscriptPartial(ServerEvent):
 
 @dataclass(frozen=True, slots=True)
 class TranscriptFinal(ServerEvent):
-    """A user turn: ``source`` is "voice" or "text"."""
+    """A user turn: ``source`` is "voice" or "text". ``continues`` (only on the wire when set) names the
+    turn this one replaces: the caller went on after a pause taken for the end, before hearing the answer,
+    and ``text`` holds both parts."""
 
     type: ClassVar[str] = "transcript.final"
     turn_id: str
     text: str
     source: str
+    continues: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"type": self.type, "turn_id": self.turn_id, "text": self.text}
+        wire["source"] = self.source
+        if self.continues is not None:
+            wire["continues"] = self.continues
+        return wire
 
 
 @dataclass(frozen=True, slots=True)

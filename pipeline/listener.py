@@ -27,6 +27,7 @@ from pipeline.usage import UsageCounters
 log = logging.getLogger("voxgate.session")
 
 STT_RATE = 16000  # Whisper's rate
+_JOIN_GAP_S = 0.3  # the silence put between a continued turn's audio and the caller's next words
 
 
 def listening_rate(vad: VADEngine, input_rate: int) -> int:
@@ -97,6 +98,7 @@ class Listener:
         self.last_verdict: Verdict | None = None
         self._partial_task: asyncio.Task[None] | None = None
         self._last_partial_ms = 0
+        self._prefix = b""  # audio the open utterance continues (see continue_after)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -172,6 +174,15 @@ class Listener:
             self.detector = self._new_detector()
             self._vad_changed = False
 
+    def continue_after(self, audio: bytes) -> None:
+        """The open utterance goes on from ``audio`` (an ended turn's): transcribing and judging it take both,
+        with a short silence between, until the utterance ends."""
+        self._prefix = audio + bytes(int(_JOIN_GAP_S * self.rate) * 2)
+
+    def joined(self, audio: bytes) -> bytes:
+        """``audio`` (the open utterance's) after the ended turn it continues, if it continues one."""
+        return self._prefix + audio
+
     def _new_detector(self) -> TurnDetector:
         v = self.config.vad
         # Judged pauses wait for their verdict, however long the transcription takes, up to unfinished_ms.
@@ -196,6 +207,7 @@ class Listener:
         # "discarded": too short to be speech; nothing to say about it.
         if event.kind in ("ended", "discarded"):
             self._stop_judging()
+            self._prefix = b""
             self.apply_vad_change()
 
     # -- end of turn ----------------------------------------------------------------------------------------
@@ -211,7 +223,7 @@ class Listener:
             self._decide(pause, vad.end_of_turn_ms)
             return
         self._stop_judging()
-        self._judging = asyncio.create_task(self._judge_then_decide(pause, audio, self._early))
+        self._judging = asyncio.create_task(self._judge_then_decide(pause, self.joined(audio), self._early))
 
     async def _judge_then_decide(self, pause: int, audio: bytes, early: asyncio.Task[str]) -> None:
         vad = self.config.vad
@@ -267,7 +279,7 @@ class Listener:
         """Transcribe the utterance so far while the end-of-turn silence runs, and report the text
         (the session may start an answer on hold with it). :meth:`final_text` reuses the result."""
         assert self.speech_end is not None
-        self._early = asyncio.create_task(self._early_transcript(audio, self.speech_end))
+        self._early = asyncio.create_task(self._early_transcript(self.joined(audio), self.speech_end))
 
     async def _early_transcript(self, pcm: bytes, speech_end: float) -> str:
         text = await self.transcribe(pcm)
@@ -282,7 +294,7 @@ class Listener:
     async def final_text(self, audio: bytes) -> str:
         """The ended utterance's words: the early transcript when there is one, else ``audio`` transcribed."""
         task, self._early = self._early, None
-        return await task if task is not None else await self.transcribe(audio)
+        return await task if task is not None else await self.transcribe(self.joined(audio))
 
     def _maybe_partial(self) -> None:
         interval = self.config.partial_interval_ms

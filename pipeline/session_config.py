@@ -36,6 +36,10 @@ class VadConfig:
 
     min_interrupt_ms: int = 250
     min_speech_ms: int = 90
+    # Speech that starts this soon after a turn ended, before the caller heard continuation_heard_ms of the
+    # answer, continues that turn (0: never).
+    continuation_ms: int = 1500
+    continuation_heard_ms: int = 1000
 
 
 SAMPLING_KEYS = (

@@ -7,6 +7,7 @@ sentence spoken with a 500 ms pause at its comma goes through the real server as
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -134,3 +135,40 @@ async def test_a_pause_at_a_comma_is_one_turn_answered_once(server) -> None:  # 
             assert wer(f"{first} {second}", final["text"]) <= 0.25, final["text"]
             assert len(client.received.of("response.started")) == n
             assert not client.received.of("response.interrupted")
+
+
+def _turns(finals: list[dict]) -> dict[str, str]:
+    """The caller's turns as a client keeps them: a final for a turn already sent replaces its text."""
+    return {final["turn_id"]: final["text"] for final in finals}
+
+
+@pytest.mark.slow
+async def test_a_caller_who_goes_on_after_a_long_pause_is_one_turn(server, shared_audio) -> None:  # type: ignore[no-untyped-def]
+    """Kennedy pauses about a second after "Americans" and again after "not", and the words before each pause
+    look whole. However soon the verdict comes at those pauses, the caller ends with one turn: either the
+    pause never ended it, or his next words continued it (``transcript.final`` with ``continues``), before he
+    had heard a second of the answer to the first part."""
+    audio = load_audio(str(shared_audio / "jfk.flac"), 16000)
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    reference = (shared_audio / "jfk.txt").read_text().strip()
+    async with VoiceClient(server.url) as client:
+        await client.wait_for("session.created")
+        await client.stream(pcm)
+        deadline = time.monotonic() + 90
+        # Until the last turn is being answered and the caller has been silent for 2 s: no later speech can
+        # still continue it (the answer itself need not be heard out).
+        while True:
+            finals = client.received.of("transcript.final")
+            last = finals[-1]["turn_id"] if finals else None
+            answered = any(e["turn_id"] == last for e in client.received.of("response.started"))
+            spoke = [
+                t for t, e in client.received.events if e["type"] in ("speech.started", "speech.stopped")
+            ]
+            if answered and client.received.events and time.monotonic() - max(spoke, default=0.0) >= 2.0:
+                break
+            assert time.monotonic() < deadline, [f["text"] for f in finals]
+            await client.silence(0.2)
+    turns = _turns(finals)
+    assert len(turns) == 1, [(f["text"], f.get("continues")) for f in finals]
+    (text,) = turns.values()
+    assert wer(reference, text) <= 0.25, text

@@ -18,6 +18,7 @@ from pipeline.turn_taking import TurnTaking
 class _Answer:
     def __init__(self, turn: TurnRecord) -> None:
         self.turn = turn
+        self.id = f"resp_{turn.turn_id}"
 
 
 class _Answers:
@@ -63,6 +64,8 @@ class _Listener:
         self.language: str | None = None
         self.stt_ms: float | None = 12.0
         self.speech_end: float | None = 1.0
+        self.rate = 16000
+        self.alone = ""  # what the last utterance says on its own (transcribe)
         self.calls: list[str] = []
 
     def transcribe_early(self, audio: bytes) -> None:
@@ -74,6 +77,25 @@ class _Listener:
     async def final_text(self, audio: bytes) -> str:
         self.calls.append("final_text")
         return self.text
+
+    async def transcribe(self, pcm: bytes, stage: str = "stt") -> str:
+        self.calls.append("transcribe")
+        return self.alone
+
+    def continue_after(self, audio: bytes) -> None:
+        self.calls.append("continue_after")
+        self.prefix = audio
+
+    def joined(self, audio: bytes) -> bytes:
+        return getattr(self, "prefix", b"") + audio
+
+
+class _Pacer:
+    def __init__(self) -> None:
+        self.played_ms = 0.0
+
+    def played_estimate_ms(self, response_id: str) -> float:
+        return self.played_ms
 
 
 class _Router:
@@ -94,6 +116,7 @@ class _Owner:
         self.answer_options: dict[str, Any] = {}
         self.answers = _Answers()
         self.listener = _Listener(text)
+        self.pacer = _Pacer()
         self.conversation = Conversation(self.config)
         self.language_router = _Router()
         self.turns: list[TurnRecord] = []
@@ -158,3 +181,104 @@ async def test_a_wordless_utterance_resumes_the_cut_answer() -> None:
     taking = _taking(owner)
     await taking.on_turn_end(b"")
     assert owner.answers.calls[-1] == ("resume", None) and owner.turns == []
+
+
+async def _answered_turn(owner: _Owner, taking: TurnTaking, text: str) -> TurnRecord:
+    """A spoken turn that ended and whose answer is now the current one (not heard yet)."""
+    owner.listener.text = text
+    await taking.on_speech_started()
+    await taking.on_turn_end(b"first")
+    assert owner.answers.current is not None and owner.answers.current.turn.user_text == text
+    return owner.answers.current.turn
+
+
+async def test_words_soon_after_a_turn_before_its_answer_is_heard_continue_it() -> None:
+    owner = _Owner()
+    taking = _taking(owner)
+    first = await _answered_turn(owner, taking, "And so my fellow Americans.")
+    owner.pacer.played_ms = 120  # the caller heard the first syllable of the answer at most
+
+    owner.listener.text = "And so my fellow Americans, ask not what your country can do for you."
+    await taking.on_speech_started()
+    assert owner.listener.calls[-1] == "continue_after" and owner.listener.prefix == b"first"
+    await taking.on_interrupt()
+    await taking.on_paused(b"second")
+    await taking.on_early_transcript(owner.listener.text, 2.0)
+    assert owner.answers.held is None, "a continued turn is never answered on a guess"
+    await taking.on_turn_end(b"second")
+
+    final = owner.sent[-1]
+    assert isinstance(final, events.TranscriptFinal) and final.continues == first.turn_id
+    assert final.to_wire()["continues"] == first.turn_id and final.text == owner.listener.text
+    users = [m["content"] for m in owner.conversation.history if m["role"] == "user"]
+    assert users == [owner.listener.text], "the first part leaves the history: one turn, answered once"
+    assert owner.answers.calls[-1] == ("start", owner.listener.text)
+    assert owner.turns == [first] and first.user_text == owner.listener.text and not first.interrupted
+    # The joined turn may itself be continued, with all its audio.
+    assert taking._last is not None and taking._last.audio == b"firstsecond"
+
+
+async def test_a_cough_after_the_pause_resumes_the_answer_instead() -> None:
+    owner = _Owner()
+    taking = _taking(owner)
+    await _answered_turn(owner, taking, "What time is it?")
+    owner.listener.text, owner.listener.alone = "What time is it? Hmm.", "Hmm."
+    await taking.on_speech_started()
+    await taking.on_interrupt()
+    await taking.on_turn_end(b"cough")
+    assert owner.answers.calls[-1] == ("resume", None)
+    assert [m["content"] for m in owner.conversation.history if m["role"] == "user"] == ["What time is it?"]
+    assert not any(isinstance(e, events.TranscriptFinal) and e.continues for e in owner.sent)
+
+
+async def test_an_answer_already_heard_or_a_late_start_is_a_new_turn() -> None:
+    for heard_ms, late_s in ((1500.0, 0.0), (0.0, 2.0)):
+        owner = _Owner()
+        taking = _taking(owner)
+        await _answered_turn(owner, taking, "What time is it?")
+        owner.pacer.played_ms = heard_ms
+        assert taking._last is not None
+        taking._last.ended_at -= late_s
+        owner.listener.text = "And in Oslo?"
+        await taking.on_speech_started()
+        assert "continue_after" not in owner.listener.calls
+        await taking.on_interrupt()
+        await taking.on_turn_end(b"next")
+        users = [m["content"] for m in owner.conversation.history if m["role"] == "user"]
+        assert users == ["What time is it?", "And in Oslo?"]
+
+
+async def test_continuation_off_never_continues() -> None:
+    owner = _Owner()
+    owner.config.vad.continuation_ms = 0
+    taking = _taking(owner)
+    await _answered_turn(owner, taking, "What time is it?")
+    await taking.on_speech_started()
+    assert "continue_after" not in owner.listener.calls
+
+
+async def test_a_long_turn_is_not_continued() -> None:
+    owner = _Owner()
+    taking = _taking(owner)
+    owner.listener.text = "A long story."
+    await taking.on_speech_started()
+    await taking.on_turn_end(bytes(21 * 16000 * 2))  # 21 s: with more words it would not fit Whisper's window
+    await taking.on_speech_started()
+    assert "continue_after" not in owner.listener.calls
+
+
+async def test_words_the_joined_transcript_lost_are_a_new_turn() -> None:
+    # Whisper wrote nothing more for both parts together than for the first: the new part is heard alone, and
+    # its words are a turn of their own rather than lost.
+    owner = _Owner()
+    taking = _taking(owner)
+    await _answered_turn(owner, taking, "What time is it in Oslo?")
+    owner.listener.text, owner.listener.alone = "What time is it in Oslo?", "And in Rome?"
+    await taking.on_speech_started()
+    await taking.on_interrupt()
+    await taking.on_turn_end(b"next")
+    users = [m["content"] for m in owner.conversation.history if m["role"] == "user"]
+    assert users == ["What time is it in Oslo?", "And in Rome?"] and owner.answers.calls[-1] == (
+        "start",
+        "And in Rome?",
+    )

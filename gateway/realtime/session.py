@@ -48,6 +48,8 @@ class RealtimeSession(Session):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The Realtime API's conversation items are final once created: a turn is never continued (replaced).
+        self.config.vad.continuation_ms = 0
         self.input_ms = 0.0  # caller audio received so far (the Realtime API's audio_start/end_ms clock)
         self.buffer = bytearray()  # manual turns: the input audio buffer, 16 kHz PCM16
         self.max_buffer_bytes = int(self.config.max_input_backlog_s * LISTEN_RATE) * 2
