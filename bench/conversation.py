@@ -163,7 +163,8 @@ async def run_turn(
         await asyncio.sleep(gap + 1.0)
     finals = [e for _, e in client.received.events[mark:] if e["type"] == "transcript.final"]
     turn.transcripts = [e["text"] for e in finals]
-    turn.server_turns = len(finals)
+    # A final for a turn already sent replaces it (``continues``: the caller went on after a pause).
+    turn.server_turns = len({e["turn_id"] for e in finals})
 
 
 def _answer_text(events: list[tuple[float, dict[str, Any]]], rid: str, end: dict[str, Any]) -> str:

@@ -248,7 +248,13 @@ async def gateway_voice_text(
         await client.silence(tail_s)
 
         def finals() -> list[str]:
-            return [e["text"] for e in client.received.of("transcript.final") if e.get("source") == "voice"]
+            # A final for a turn already sent replaces it (``continues``: the caller went on after a pause).
+            by_turn = {
+                e["turn_id"]: e["text"]
+                for e in client.received.of("transcript.final")
+                if e.get("source") == "voice"
+            }
+            return list(by_turn.values())
 
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
