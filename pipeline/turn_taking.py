@@ -189,16 +189,14 @@ class TurnTaking:
         answers.resumable = None
         if held is not None and held.turn.user_text == text:
             await owner.emit(events.TranscriptFinal(held.turn.turn_id, text, "voice"))
-            await self._commit_held(held)
-            self._remember(held.turn, audio)
+            self._remember(held.turn, audio, await self._commit_held(held))
             return
         await answers.drop(held)
         turn = TurnRecord(new_id("turn"), "voice", text)
         turn.timings["stt_ms"] = listener.stt_ms
         await owner.emit(events.TranscriptFinal(turn.turn_id, text, "voice"))
         await owner.language_router.follow(listener.language, text)
-        await self.begin_turn(turn, speech_end=listener.speech_end)
-        self._remember(turn, audio)
+        self._remember(turn, audio, await self.begin_turn(turn, speech_end=listener.speech_end))
 
     async def _alone(self, audio: bytes) -> str:
         """The utterance's own words, without the turn it was taken to continue ("" if STT fails: logged)."""
@@ -222,15 +220,13 @@ class TurnTaking:
         turn.response_id, turn.response_text, turn.heard_text = None, "", ""
         turn.interrupted = turn.resumed = False
         await owner.emit(events.TranscriptFinal(turn.turn_id, text, "voice", continues=turn.turn_id))
-        await self.begin_turn(turn, speech_end=listener.speech_end, new=False)
-        self._remember(turn, listener.joined(audio))
+        message = await self.begin_turn(turn, speech_end=listener.speech_end, new=False)
+        self._remember(turn, listener.joined(audio), message)
 
-    def _remember(self, turn: TurnRecord, audio: bytes) -> None:
-        """``turn`` was answered by the session's LLM: the caller's next words may continue it."""
-        history = self.owner.conversation.history
-        message = next((m for m in reversed(history) if m["role"] == "user"), None)
-        answered = self.owner.agent is None and message is not None and message["content"] == turn.user_text
-        self._last = _SpokenTurn(turn, audio, time.monotonic(), message) if answered else None
+    def _remember(self, turn: TurnRecord, audio: bytes, message: Message | None) -> None:
+        """The caller's next words may continue ``turn`` if the session's LLM has it (``message``: its user
+        message in the history; None when an agent took the turn)."""
+        self._last = _SpokenTurn(turn, audio, time.monotonic(), message) if message is not None else None
 
     # -- turns ----------------------------------------------------------------------------------------------
 
@@ -250,9 +246,12 @@ class TurnTaking:
         self.owner.listener.cancel_early()
         await self.owner.answers.drop(self.owner.answers.take_held())
 
-    async def begin_turn(self, turn: TurnRecord, speech_end: float | None = None, new: bool = True) -> None:
-        """Record ``turn`` and hand it to the agent, or answer it with the session's LLM (if it answers).
-        ``new`` False: the turn is already the session's (a continued one), and only changed."""
+    async def begin_turn(
+        self, turn: TurnRecord, speech_end: float | None = None, new: bool = True
+    ) -> Message | None:
+        """Record ``turn`` and hand it to the agent, or answer it with the session's LLM (if it answers); the
+        user message it added to the history (None: the agent has it). ``new`` False: the turn is already the
+        session's (a continued one), and only changed."""
         owner = self.owner
         if new:
             owner.turns.append(turn)
@@ -260,20 +259,23 @@ class TurnTaking:
         if owner.agent is not None:
             owner.agent.caller_active()
             self._agent_steps.give_turn(owner.agent, turn)
-            return
-        owner.conversation.add_user(turn.user_text)
+            return None
+        message = owner.conversation.add_user(turn.user_text)
         if owner.auto_answer:
             options = owner.answer_options
             await owner.answers.start(turn, owner.conversation.context(), speech_end=speech_end, **options)
+        return message
 
-    async def _commit_held(self, answer: Answer) -> None:
-        """The turn ended as guessed: the held answer becomes the real one, with everything it made so far."""
+    async def _commit_held(self, answer: Answer) -> Message:
+        """The turn ended as guessed: the held answer becomes the real one, with everything it made so far.
+        The user message it added to the history."""
         owner = self.owner
         await owner.answers.drop(owner.answers.current)
         owner.turns.append(answer.turn)
         owner.record(answer.turn)
-        owner.conversation.add_user(answer.turn.user_text)
+        message = owner.conversation.add_user(answer.turn.user_text)
         await owner.answers.commit(answer)
+        return message
 
     async def say_fallback(self, text: str) -> None:
         """An engine failed (the error event told the client): tell the caller too, rather than leave them in
