@@ -92,11 +92,6 @@ class HeldRequests:
 _HELD_KEY = "voxgate.held_request"
 
 
-def held_requests(state: AppState) -> HeldRequests:
-    """The app's Drained requests in flight."""
-    return state.held_requests
-
-
 def held_request(request: Request) -> HeldRequest | None:
     """The hold on ``request`` (None outside a Drained endpoint): set its ``end``."""
     held: HeldRequest | None = request.scope.get(_HELD_KEY)
@@ -119,7 +114,7 @@ class Drained:
             refusal = {"detail": "the gateway is shutting down; send it again", "code": "server_draining"}
             await JSONResponse(refusal, status_code=503)(scope, receive, send)
             return
-        with held_requests(state).hold() as held:
+        with state.held_requests.hold() as held:
             scope[_HELD_KEY] = held
             await self._app(scope, receive, send)
 
@@ -137,7 +132,7 @@ async def drain(state: AppState, timeout_s: float, goodbye: str) -> None:
     then close the rest kindly."""
     state.draining = True
     live = state.sessions.live
-    requests = held_requests(state).held
+    requests = state.held_requests.held
     log.info(
         "draining: %d live sessions and %d HTTP chat requests, up to %.0f s; new ones are refused",
         len(live),

@@ -109,8 +109,12 @@ class TranscriptFinal(ServerEvent):
     continues: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"type": self.type, "turn_id": self.turn_id, "text": self.text}
-        wire["source"] = self.source
+        wire: dict[str, Any] = {
+            "type": self.type,
+            "turn_id": self.turn_id,
+            "text": self.text,
+            "source": self.source,
+        }
         if self.continues is not None:
             wire["continues"] = self.continues
         return wire
