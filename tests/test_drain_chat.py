@@ -5,6 +5,7 @@ if it is still being written after ``FAREWELL_WAIT_S``. Fake engines, a real uvi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import threading
@@ -63,32 +64,40 @@ async def _until_first_delta(events: AsyncIterator[dict[str, Any]]) -> list[dict
     raise AssertionError(f"the stream ended before any delta: {seen}")
 
 
+@contextlib.asynccontextmanager
+async def _streaming_a_long_answer(
+    live: LiveServer,
+) -> AsyncIterator[tuple[httpx.AsyncClient, AsyncIterator[dict[str, Any]], list[dict[str, Any]]]]:
+    """A client, the events of a streamed chat answer it asked for, and those seen up to its first delta."""
+    async with httpx.AsyncClient(base_url=live.http, timeout=60) as client:
+        body = {"message": "Tell me something long.", "stream": True}
+        async with client.stream("POST", "/v1/chat", json=body) as stream:
+            events = _events(stream.aiter_lines())
+            yield client, events, await _until_first_delta(events)
+
+
 async def test_a_streamed_chat_answer_finishes_through_the_drain(tmp_path: Path) -> None:
     live, server = _serve(tmp_path, drain_timeout_s=60)
     try:
-        async with httpx.AsyncClient(base_url=live.http, timeout=60) as client:
-            body = {"message": "Tell me something long.", "stream": True}
-            async with client.stream("POST", "/v1/chat", json=body) as stream:
-                events = _events(stream.aiter_lines())
-                seen = await _until_first_delta(events)
-                server.handle_exit(signal.SIGTERM, None)  # the first SIGTERM: a drain, from its handler
-                sent_term = time.monotonic()
-                await _poll(lambda: live.state.draining)
+        async with _streaming_a_long_answer(live) as (client, events, seen):
+            server.handle_exit(signal.SIGTERM, None)  # the first SIGTERM: a drain, from its handler
+            sent_term = time.monotonic()
+            await _poll(lambda: live.state.draining)
 
-                # New turns are refused, the conversation in flight can still be read, readiness is false.
-                for path in ("/v1/chat", "/v1/voice-chat"):
-                    refused = await client.post(path, json={"message": "Hello?"})
-                    assert refused.status_code == 503, refused.text
-                    assert refused.json() == {
-                        "detail": "the gateway is shutting down; send it again",
-                        "code": "server_draining",
-                    }
-                conversation_id = seen[0]["conversation_id"]
-                assert (await client.get(f"/v1/chat/{conversation_id}")).status_code == 200
-                assert (await client.get("/health/ready")).status_code == 503
-                assert not server.should_exit, "the drain must wait for the answer being streamed"
+            # New turns are refused, the conversation in flight can still be read, readiness is false.
+            for path in ("/v1/chat", "/v1/voice-chat"):
+                refused = await client.post(path, json={"message": "Hello?"})
+                assert refused.status_code == 503, refused.text
+                assert refused.json() == {
+                    "detail": "the gateway is shutting down; send it again",
+                    "code": "server_draining",
+                }
+            conversation_id = seen[0]["conversation_id"]
+            assert (await client.get(f"/v1/chat/{conversation_id}")).status_code == 200
+            assert (await client.get("/health/ready")).status_code == 503
+            assert not server.should_exit, "the drain must wait for the answer being streamed"
 
-                seen += [event async for event in events]
+            seen += [event async for event in events]
         done = seen[-1]
         assert done["type"] == "done" and done["reply"] == ANSWER
         assert done["ended"] is False  # it finished by itself, inside the drain
@@ -108,16 +117,12 @@ async def test_a_drain_timeout_closes_the_conversation_its_answer_too_slow(
     monkeypatch.setattr(drain_module, "FAREWELL_WAIT_S", 0.5)
     live, server = _serve(tmp_path, drain_timeout_s=0.3)
     try:
-        async with httpx.AsyncClient(base_url=live.http, timeout=60) as client:
-            body = {"message": "Tell me something long.", "stream": True}
-            async with client.stream("POST", "/v1/chat", json=body) as stream:
-                events = _events(stream.aiter_lines())
-                seen = await _until_first_delta(events)
-                conversation = live.app.state.chat_conversations.get(seen[0]["conversation_id"])
-                server.handle_exit(signal.SIGTERM, None)
-                sent_term = time.monotonic()
-                seen += [event async for event in events]
-                took = time.monotonic() - sent_term
+        async with _streaming_a_long_answer(live) as (client, events, seen):
+            conversation = live.app.state.chat_conversations.get(seen[0]["conversation_id"])
+            server.handle_exit(signal.SIGTERM, None)
+            sent_term = time.monotonic()
+            seen += [event async for event in events]
+            took = time.monotonic() - sent_term
         done = seen[-1]
         assert done["type"] == "done" and done["ended"] is True and done["close_reason"] == "server_shutdown"
         said = "".join(e["delta"] for e in seen if e["type"] == "delta")

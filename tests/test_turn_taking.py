@@ -192,6 +192,18 @@ async def _answered_turn(owner: _Owner, taking: TurnTaking, text: str) -> TurnRe
     return owner.answers.current.turn
 
 
+def _users(owner: _Owner) -> list[str]:
+    """The caller's messages in the history the LLM reads."""
+    return [m["content"] for m in owner.conversation.history if m["role"] == "user"]
+
+
+async def _speaks_over_the_answer(taking: TurnTaking, audio: bytes) -> None:
+    """The caller speaks again, long enough to cut the answer, and stops."""
+    await taking.on_speech_started()
+    await taking.on_interrupt()
+    await taking.on_turn_end(audio)
+
+
 async def test_words_soon_after_a_turn_before_its_answer_is_heard_continue_it() -> None:
     owner = _Owner()
     taking = _taking(owner)
@@ -210,8 +222,9 @@ async def test_words_soon_after_a_turn_before_its_answer_is_heard_continue_it() 
     final = owner.sent[-1]
     assert isinstance(final, events.TranscriptFinal) and final.continues == first.turn_id
     assert final.to_wire()["continues"] == first.turn_id and final.text == owner.listener.text
-    users = [m["content"] for m in owner.conversation.history if m["role"] == "user"]
-    assert users == [owner.listener.text], "the first part leaves the history: one turn, answered once"
+    assert _users(owner) == [owner.listener.text], (
+        "the first part leaves the history: one turn, answered once"
+    )
     assert owner.answers.calls[-1] == ("start", owner.listener.text)
     assert owner.turns == [first] and first.user_text == owner.listener.text and not first.interrupted
     # The joined turn may itself be continued, with all its audio.
@@ -223,11 +236,9 @@ async def test_a_cough_after_the_pause_resumes_the_answer_instead() -> None:
     taking = _taking(owner)
     await _answered_turn(owner, taking, "What time is it?")
     owner.listener.text, owner.listener.alone = "What time is it? Hmm.", "Hmm."
-    await taking.on_speech_started()
-    await taking.on_interrupt()
-    await taking.on_turn_end(b"cough")
+    await _speaks_over_the_answer(taking, b"cough")
     assert owner.answers.calls[-1] == ("resume", None)
-    assert [m["content"] for m in owner.conversation.history if m["role"] == "user"] == ["What time is it?"]
+    assert _users(owner) == ["What time is it?"]
     assert not any(isinstance(e, events.TranscriptFinal) and e.continues for e in owner.sent)
 
 
@@ -244,8 +255,7 @@ async def test_an_answer_already_heard_or_a_late_start_is_a_new_turn() -> None:
         assert "continue_after" not in owner.listener.calls
         await taking.on_interrupt()
         await taking.on_turn_end(b"next")
-        users = [m["content"] for m in owner.conversation.history if m["role"] == "user"]
-        assert users == ["What time is it?", "And in Oslo?"]
+        assert _users(owner) == ["What time is it?", "And in Oslo?"]
 
 
 async def test_continuation_off_never_continues() -> None:
@@ -274,11 +284,6 @@ async def test_words_the_joined_transcript_lost_are_a_new_turn() -> None:
     taking = _taking(owner)
     await _answered_turn(owner, taking, "What time is it in Oslo?")
     owner.listener.text, owner.listener.alone = "What time is it in Oslo?", "And in Rome?"
-    await taking.on_speech_started()
-    await taking.on_interrupt()
-    await taking.on_turn_end(b"next")
-    users = [m["content"] for m in owner.conversation.history if m["role"] == "user"]
-    assert users == ["What time is it in Oslo?", "And in Rome?"] and owner.answers.calls[-1] == (
-        "start",
-        "And in Rome?",
-    )
+    await _speaks_over_the_answer(taking, b"next")
+    assert _users(owner) == ["What time is it in Oslo?", "And in Rome?"]
+    assert owner.answers.calls[-1] == ("start", "And in Rome?")
