@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from pipeline.audio import pcm16_to_float
 from pipeline.normalize import normalize_for_speech
 from tests.speech import energy_dbfs, wer, words
-from tests.test_realtime import _transcribe
+from tests.test_realtime import phone_listener as phone_listener  # the fixture: Whisper base
 from tests.test_realtime_client import REALTIME_RATE, Recorder, realtime, silence, speech24k, stream, to16k
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,7 @@ async def _spoken_answer(client: Recorder, start: int) -> tuple[object, object]:
 
 
 async def test_speed_shortens_the_answer_and_rate_limits_follow_each_response(
-    server, runtime, settings
+    server, runtime, settings, phone_listener
 ) -> None:  # type: ignore[no-untyped-def]
     async with realtime(server) as client:
         created = await client.wait_for("session.created")
@@ -66,7 +67,9 @@ async def test_speed_shortens_the_answer_and_rate_limits_follow_each_response(
     assert seconds[1] < 0.85 * seconds[0], seconds
     fast16k = to16k(client.audio(fast.response.id))
     assert energy_dbfs(fast16k) > -40
-    heard = await _transcribe(runtime, fast16k)
+    # Read back by Whisper base: tiny.en misheard 1.5x Piper speech past 0.3 in CI ("The sky" -> "This guide",
+    # "encounters" -> "lighting counters"), as it does telephone-band speech (test_realtime's phone_listener).
+    heard = (await asyncio.to_thread(phone_listener.transcribe, pcm16_to_float(fast16k), "en")).text
     assert wer(normalize_for_speech(texts[1]), normalize_for_speech(heard)) <= 0.3, (texts[1], heard)
     for done, limits in ((normal, normal_limits), (fast, fast_limits)):
         (tokens,) = limits.rate_limits
